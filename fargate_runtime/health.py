@@ -1,0 +1,111 @@
+"""Liveness (``/healthz``) and readiness (``/readyz``) over plain HTTP/1.1 for workers.
+
+Workers have no web framework, and slim images have no curl: the endpoint is a few lines of
+asyncio, and ``fargate-runtime healthcheck`` is the client a container ``HEALTHCHECK`` runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import logging
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from .lifecycle import Lifecycle
+
+__all__ = ["HealthServer", "probe"]
+
+logger = logging.getLogger("fargate_runtime.health")
+
+# A probe that cannot send its request line in this time is not a probe we need to serve.
+_READ_TIMEOUT_SECONDS = 2.0
+
+
+class HealthServer:
+    """Serves ``/healthz`` and ``/readyz`` from a Lifecycle; does nothing when ``port`` is None.
+
+    Liveness stays 200 while draining: a failing container health check would make ECS replace
+    the task in the middle of its drain. Readiness turns 503 the moment shutdown is requested.
+    """
+
+    def __init__(self, lifecycle: Lifecycle, *, host: str, port: int | None) -> None:
+        self._lifecycle = lifecycle
+        self._host = host
+        self._port = port
+        self._server: asyncio.Server | None = None
+
+    @property
+    def port(self) -> int | None:
+        """The bound port (useful with port 0 in tests)."""
+        if self._server is None or not self._server.sockets:
+            return self._port
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def __aenter__(self) -> HealthServer:
+        if self._port is not None:
+            self._server = await asyncio.start_server(self._handle, self._host, self._port)
+            logger.info("health endpoint listening", extra={"host": self._host, "port": self.port})
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    def _answer(self, path: str) -> tuple[int, str]:
+        if path == "/healthz":
+            ok = self._lifecycle.alive
+        elif path == "/readyz":
+            ok = self._lifecycle.ready
+        else:
+            return 404, "not found"
+        return (200, "ok") if ok else (503, self._lifecycle.phase.value)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(_READ_TIMEOUT_SECONDS):
+                request_line = await reader.readline()
+                # Drain the headers; we answer on the request line alone.
+                while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+                    pass
+            parts = request_line.decode("latin-1").split()
+            if len(parts) < 2 or parts[0] not in ("GET", "HEAD"):
+                status, body = 405, "method not allowed"
+            else:
+                status, body = self._answer(parts[1].split("?", 1)[0])
+            reason = http.client.responses.get(status, "")
+            payload = body.encode() if parts and parts[0] != "HEAD" else b""
+            writer.write(
+                f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\n"
+                f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
+                + payload
+            )
+            await writer.drain()
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+
+def probe(host: str, port: int, path: str = "/healthz", *, timeout_seconds: float = 2.0) -> bool:
+    """True when ``GET path`` answers 200: the client behind ``fargate-runtime healthcheck``."""
+    connection = http.client.HTTPConnection(host, port, timeout=timeout_seconds)
+    try:
+        connection.request("GET", path)
+        return connection.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        connection.close()

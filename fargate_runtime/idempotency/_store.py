@@ -1,0 +1,117 @@
+"""The idempotency record's states and the store protocol every backend implements.
+
+A record per key, written only atomically by the store::
+
+    absent ──claim──▶ in_progress {owner, token, fingerprint}      TTL: lease, heartbeat renews
+                        │ complete(token) ──▶ completed {token, fingerprint, result}
+                        │                                          TTL: retention (24 h)
+                        │ release(token)  ──▶ absent
+                        └ lease expires   ──▶ absent (the next claim gets a higher token)
+
+``complete``, ``release`` and ``renew`` are compare-and-set on the fencing token: a worker whose
+lease expired gets ``False`` (lease lost) and cannot touch the new owner's claim.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = [
+    "ClaimRequest",
+    "ClaimResult",
+    "ClaimStatus",
+    "Completion",
+    "Held",
+    "IdempotencyStore",
+    "RecordState",
+]
+
+
+class RecordState(enum.Enum):
+    """A stored record's state (absent records are not stored)."""
+
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+
+
+class ClaimStatus(enum.Enum):
+    """What a claim found, decided and written in one atomic step."""
+
+    ACQUIRED = "acquired"  # the key is ours, with a new fencing token
+    COMPLETED = "completed"  # done before: the stored result replays
+    IN_PROGRESS = "in_progress"  # another owner holds a live lease
+    MISMATCH = "mismatch"  # the key was used with a different payload fingerprint
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """One key to claim: the full key (see ``scoped_key``) and the payload's fingerprint."""
+
+    key: str
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    """The outcome of a claim.
+
+    ``token`` is our new fencing token when ACQUIRED, the completing claim's token when
+    COMPLETED, and None otherwise. ``result`` is the stored, serialized result when COMPLETED.
+    """
+
+    key: str
+    status: ClaimStatus
+    token: int | None = None
+    result: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A claim we hold: its key and our fencing token."""
+
+    key: str
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A claim to complete, with the serialized result to keep for replays."""
+
+    key: str
+    token: int
+    result: bytes
+
+
+@runtime_checkable
+class IdempotencyStore(Protocol):
+    """What the guard, the SQS consumer and the HTTP middleware need from a store.
+
+    Each method is one atomic step (one round trip for a remote store) for the whole sequence;
+    results come back in the order of the inputs. Methods that take a token answer False where
+    the lease was lost. Unreachable storage raises ``StoreUnavailableError``.
+    """
+
+    async def claim_many(
+        self, requests: Sequence[ClaimRequest], *, owner: str, lease_seconds: float
+    ) -> list[ClaimResult]:
+        """Claim every key; a key repeated in one call is claimed once (later ones IN_PROGRESS)."""
+        ...
+
+    async def complete_many(
+        self, completions: Sequence[Completion], *, retention_seconds: float
+    ) -> list[bool]:
+        """Mark claims completed with their results; False where the lease was lost."""
+        ...
+
+    async def release_many(self, held: Sequence[Held]) -> list[bool]:
+        """Delete claims still ours so the work can run again; False where not ours any more."""
+        ...
+
+    async def renew_many(self, held: Sequence[Held], *, lease_seconds: float) -> list[bool]:
+        """Extend leases still ours to ``lease_seconds`` from now; False where lost."""
+        ...

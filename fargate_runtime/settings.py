@@ -1,0 +1,141 @@
+"""Settings read from the environment (prefix ``FARGATE_RUNTIME_``) and the shutdown budget.
+
+The shutdown budget is the one timing invariant everything else is sized against::
+
+    SIGTERM                                                     SIGKILL (ECS)
+    |<------------------------- stop_timeout_seconds ------------------------->|
+    |<--------------- budget (stop - margin) ---------------->|<-- margin -->|
+    |<------ drain_seconds ------>|<- release ->|<- close --->|
+      in-flight work finishes       cancel and    resources
+      (no new intake)               release       close, telemetry flushes
+
+Settings whose parts do not fit are refused at start (exit 78), never discovered at SIGKILL.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigurationError
+
+__all__ = ["ENV_PREFIX", "RuntimeSettings", "ShutdownBudget", "load_settings"]
+
+ENV_PREFIX = "FARGATE_RUNTIME_"
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownBudget:
+    """How the seconds between SIGTERM and SIGKILL are spent."""
+
+    stop_timeout_seconds: float
+    margin_seconds: float
+    drain_seconds: float
+    release_seconds: float
+    close_seconds: float
+
+    @property
+    def total_seconds(self) -> float:
+        """Everything the runtime may use after the first signal (stop timeout minus margin)."""
+        return self.stop_timeout_seconds - self.margin_seconds
+
+
+class RuntimeSettings(BaseSettings):
+    """Settings of the supervisor, health endpoint and logs.
+
+    ``stop_timeout_seconds`` must say what the task definition's ``stopTimeout`` says: the
+    runtime plans its whole shutdown to end ``shutdown_margin_seconds`` before ECS sends SIGKILL.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    service_name: str = Field(default="fargate-runtime", min_length=1, max_length=255)
+    stop_timeout_seconds: float = Field(default=30.0, ge=2.0, le=120.0)
+    shutdown_margin_seconds: float = Field(default=2.0, ge=0.0)
+    # Cancelling stragglers and releasing their messages/claims: a few round trips each.
+    release_seconds: float = Field(default=2.0, gt=0.0)
+    # Closing resources (pools, clients) and flushing telemetry, all of them together.
+    close_seconds: float = Field(default=3.0, gt=0.0)
+    # None: whatever is left of the budget once margin, release and close are set aside.
+    drain_seconds: float | None = Field(default=None, gt=0.0)
+    health_port: int | None = Field(default=None, ge=1, le=65535)
+    # Loopback by default: the container HEALTHCHECK runs inside the task's network namespace.
+    health_host: str = "127.0.0.1"
+    log_level: LogLevel = "INFO"
+    log_json: bool = True
+
+    @model_validator(mode="after")
+    def _budget_fits(self) -> RuntimeSettings:
+        self.budget()
+        return self
+
+    def budget(self) -> ShutdownBudget:
+        """Split the stop timeout; raise ConfigurationError naming the settings if it won't fit."""
+        total = self.stop_timeout_seconds - self.shutdown_margin_seconds
+        reserved = self.release_seconds + self.close_seconds
+        p = ENV_PREFIX
+        if self.drain_seconds is None:
+            drain = total - reserved
+            if drain <= 0:
+                raise ConfigurationError(
+                    f"{p}STOP_TIMEOUT_SECONDS={self.stop_timeout_seconds:g} leaves no time to "
+                    f"drain: {self.stop_timeout_seconds:g} - {p}SHUTDOWN_MARGIN_SECONDS "
+                    f"{self.shutdown_margin_seconds:g} - {p}RELEASE_SECONDS "
+                    f"{self.release_seconds:g} - {p}CLOSE_SECONDS {self.close_seconds:g} "
+                    f"= {drain:g} s"
+                )
+        else:
+            drain = self.drain_seconds
+            if drain + reserved > total:
+                raise ConfigurationError(
+                    f"{p}DRAIN_SECONDS={drain:g} does not fit: {p}DRAIN_SECONDS {drain:g} + "
+                    f"{p}RELEASE_SECONDS {self.release_seconds:g} + {p}CLOSE_SECONDS "
+                    f"{self.close_seconds:g} + {p}SHUTDOWN_MARGIN_SECONDS "
+                    f"{self.shutdown_margin_seconds:g} = "
+                    f"{drain + reserved + self.shutdown_margin_seconds:g} s > "
+                    f"{p}STOP_TIMEOUT_SECONDS {self.stop_timeout_seconds:g} s"
+                )
+        return ShutdownBudget(
+            stop_timeout_seconds=self.stop_timeout_seconds,
+            margin_seconds=self.shutdown_margin_seconds,
+            drain_seconds=drain,
+            release_seconds=self.release_seconds,
+            close_seconds=self.close_seconds,
+        )
+
+    @property
+    def log_level_number(self) -> int:
+        """The stdlib logging level for ``log_level``."""
+        return logging.getLevelNamesMapping()[self.log_level]
+
+
+def _describe(cls: type[BaseSettings], exc: ValidationError) -> str:
+    prefix = str(cls.model_config.get("env_prefix", ""))
+    problems = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"])
+        name = f"{prefix}{field}".upper() if field else cls.__name__
+        value = error.get("input")
+        shown = "" if field and "secret" in field.lower() else f" (got {value!r})"
+        problems.append(f"{name}: {error['msg']}{shown}")
+    return "; ".join(problems)
+
+
+def load_settings(cls: type[SettingsT], **overrides: Any) -> SettingsT:
+    """Build ``cls`` from the environment and ``overrides``; bad values raise ConfigurationError.
+
+    The message names each offending environment variable, so the one log line a failed task
+    leaves in CloudWatch is enough to fix it.
+    """
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        raise ConfigurationError(f"invalid settings: {_describe(cls, exc)}") from exc

@@ -1,0 +1,75 @@
+"""Shared fixtures: a real Redis server and a real SQS endpoint (moto's server mode) over HTTP.
+
+Redis: the one at ``REDIS_URL`` (default ``redis://127.0.0.1:6379``) when it answers, otherwise a
+private ``redis-server`` on a free port. Each test gets its own key prefix and its keys are
+deleted afterwards, so a shared Redis is left as it was found.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+import pytest
+import redis.asyncio
+
+from fargate_runtime.local import MotoServer, RedisServer, redis_answers, sqs_environment
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """URL of a Redis server that answers, started privately when none does."""
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
+    parts = urlsplit(url)
+    if redis_answers(parts.hostname or "127.0.0.1", parts.port or 6379):
+        yield url
+        return
+    with RedisServer() as server:
+        yield server.url
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A key prefix no other test (or user of a shared Redis) has."""
+    return f"frt-test:{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def redis_client(redis_url: str, redis_prefix: str) -> AsyncIterator[redis.asyncio.Redis]:
+    """A client of the test Redis; every key under ``redis_prefix`` is deleted afterwards."""
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        keys = [key async for key in client.scan_iter(match=f"{redis_prefix}*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    """A Redis server of this test's own, for tests that stop or restart it."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def sqs_endpoint() -> Iterator[str]:
+    """``endpoint_url`` of a local SQS (moto's server mode), with dummy AWS credentials set."""
+    with MotoServer() as server:
+        saved = {name: os.environ.get(name) for name in sqs_environment(server.endpoint_url)}
+        os.environ.update(sqs_environment(server.endpoint_url))
+        try:
+            yield server.endpoint_url
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
