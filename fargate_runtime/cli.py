@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "fargate_runtime._healthcheck_command",
         "exit 0 when the health endpoint answers 200 (for a container HEALTHCHECK)",
     ),
+    "check-taskdef": ("fargate_runtime._check_taskdef_command", "lint ECS task definitions"),
+    "size": ("fargate_runtime._size_command", "the smallest Fargate size for a measured peak"),
 }
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import logging
 import signal
 import threading
@@ -28,8 +27,6 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any, TypeVar
-
-import anyio
 
 from . import ecs
 from .errors import ConfigurationError, SignalHandlingError
@@ -95,13 +92,12 @@ class Runtime:
             if deadlines is not None:
                 timeout = min(timeout, max(0.0, deadlines.close - self.lifecycle.now()))
             started = time.monotonic()
-            with anyio.move_on_after(timeout, shield=True) as scope:
-                try:
-                    await resource.manager.__aexit__(None, None, None)
-                except Exception:
-                    logger.exception("resource close failed", extra={"resource": resource.name})
-                    continue
-            if scope.cancelled_caught:
+            try:
+                finished = await _shielded(resource.manager.__aexit__(None, None, None), timeout)
+            except Exception:
+                logger.exception("resource close failed", extra={"resource": resource.name})
+                continue
+            if not finished:
                 logger.error(
                     "resource close timed out",
                     extra={"resource": resource.name, "timeout_seconds": round(timeout, 3)},
@@ -114,6 +110,36 @@ class Runtime:
                         "duration_seconds": round(time.monotonic() - started, 3),
                     },
                 )
+
+
+async def _shielded(awaitable: Awaitable[Any], seconds: float) -> bool:
+    """Await ``awaitable`` for at most ``seconds``, even if our caller is cancelled.
+
+    Returns False when it timed out (it is then cancelled). A cancellation that arrived while
+    waiting is re-raised once the work is done, so a close is never cut halfway.
+    """
+    inner = asyncio.ensure_future(awaitable)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    cancelled = False
+    while not inner.done():
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            break
+        try:
+            await asyncio.wait({inner}, timeout=remaining)
+        except asyncio.CancelledError:
+            cancelled = True
+    finished = inner.done()
+    if not finished:
+        inner.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait({inner}, timeout=0.1)
+    if cancelled:
+        raise asyncio.CancelledError
+    if finished:
+        inner.result()  # re-raise the close's own exception
+    return finished
 
 
 class Supervisor:
@@ -299,11 +325,9 @@ class _Run:
 
     async def cancel_stragglers(self, pending: set[asyncio.Task[None]]) -> None:
         for task in pending:
-            stack = io.StringIO()
-            task.print_stack(file=stack)
             logger.warning(
                 "drain deadline hit: cancelling service",
-                extra={"service": task.get_name(), "stack": stack.getvalue()},
+                extra={"service": task.get_name(), "stack": _await_stack(task)},
             )
             task.cancel()
         _, still_running = await asyncio.wait(
@@ -380,6 +404,25 @@ def _signal_handlers(callback: Callable[[int], None], *, enabled: bool) -> Itera
         for sig, handler in previous.items():
             loop.remove_signal_handler(sig)
             signal.signal(sig, handler)
+
+
+def _await_stack(task: asyncio.Task[Any]) -> str:
+    """Where a task is suspended, outermost first, following the chain of awaits.
+
+    ``Task.get_stack()`` shows one frame for a suspended coroutine; the await chain shows the
+    line in user code that refuses to finish.
+    """
+    lines = []
+    awaitable: Any = task.get_coro()
+    while awaitable is not None:
+        frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "gi_frame", None)
+        if frame is not None:
+            lines.append(
+                f'  File "{frame.f_code.co_filename}", line {frame.f_lineno}, '
+                f"in {frame.f_code.co_name}"
+            )
+        awaitable = getattr(awaitable, "cr_await", None) or getattr(awaitable, "gi_yieldfrom", None)
+    return "\n".join(lines)
 
 
 async def _identify() -> None:

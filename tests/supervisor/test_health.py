@@ -1,0 +1,53 @@
+"""The worker health endpoint over a real socket, and the healthcheck command."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fargate_runtime.health import HealthServer, probe
+from fargate_runtime.lifecycle import Lifecycle, Phase
+from fargate_runtime.settings import RuntimeSettings
+
+
+async def get(port: int, path: str) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nhost: x\r\n\r\n".encode())
+    await writer.drain()
+    status_line = await reader.readline()
+    writer.close()
+    await writer.wait_closed()
+    return int(status_line.split()[1])
+
+
+async def test_readiness_turns_503_at_shutdown_while_liveness_stays_200() -> None:
+    """Draining is not unhealthy: liveness stays 200 while readiness turns 503."""
+    lifecycle = Lifecycle(RuntimeSettings().budget())
+    async with HealthServer(lifecycle, host="127.0.0.1", port=0) as server:
+        assert server.port is not None
+        assert await get(server.port, "/readyz") == 503  # still starting
+        lifecycle._set_phase(Phase.RUNNING)
+        assert await get(server.port, "/readyz") == 200
+        assert await get(server.port, "/healthz") == 200
+        lifecycle.request_shutdown("test")
+        lifecycle._set_phase(Phase.DRAINING)
+        assert await get(server.port, "/readyz") == 503
+        assert await get(server.port, "/healthz") == 200
+        assert await get(server.port, "/other") == 404
+
+
+async def test_probe_answers_true_only_for_200() -> None:
+    """The healthcheck client returns True for 200, False for 503 and for no server."""
+    lifecycle = Lifecycle(RuntimeSettings().budget())
+    async with HealthServer(lifecycle, host="127.0.0.1", port=0) as server:
+        assert server.port is not None
+        port = server.port
+        assert await asyncio.to_thread(probe, "127.0.0.1", port, "/healthz")
+        assert not await asyncio.to_thread(probe, "127.0.0.1", port, "/readyz")
+    assert not await asyncio.to_thread(probe, "127.0.0.1", port, "/healthz", timeout_seconds=0.5)
+
+
+async def test_no_port_means_no_listener() -> None:
+    """With health_port unset nothing listens."""
+    lifecycle = Lifecycle(RuntimeSettings().budget())
+    async with HealthServer(lifecycle, host="127.0.0.1", port=None) as server:
+        assert server.port is None
