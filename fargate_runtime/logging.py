@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TextIO
 
+from opentelemetry import trace
+
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
 
@@ -61,6 +63,14 @@ def set_static(**fields: Any) -> None:
             _static[name] = value
 
 
+def _trace_fields() -> dict[str, str]:
+    """``trace_id`` and ``span_id`` of the current span, as the X-Ray/OTel consoles search them."""
+    span_context = trace.get_current_span().get_span_context()
+    if not span_context.is_valid:
+        return {}
+    return {"trace_id": f"{span_context.trace_id:032x}", "span_id": f"{span_context.span_id:016x}"}
+
+
 def _extra_fields(record: logging.LogRecord) -> dict[str, Any]:
     """What came in through ``extra=``: every attribute a plain LogRecord does not have."""
     return {
@@ -84,6 +94,7 @@ class JsonFormatter(logging.Formatter):
         }
         line.update(_static)
         line.update(_context.get())
+        line.update(_trace_fields())
         line.update(_extra_fields(record))
         if record.exc_info and record.exc_info[0] is not None:
             line["exception"] = "".join(traceback.format_exception(*record.exc_info)).rstrip()

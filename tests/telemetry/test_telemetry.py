@@ -1,0 +1,151 @@
+"""Trace propagation through SQS attributes, consumer spans, log correlation, no-op when off."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import subprocess
+import sys
+import uuid
+from typing import TYPE_CHECKING
+
+import aioboto3
+from opentelemetry import trace
+
+from fargate_runtime.logging import configure_logging
+from fargate_runtime.telemetry import (
+    SQS_ATTRIBUTE_LIMIT,
+    extract_sqs_context,
+    inject_sqs_attributes,
+    parse_aws_trace_header,
+    process_span,
+)
+
+if TYPE_CHECKING:
+    from tests.telemetry.conftest import Recorded
+
+TRACER = trace.get_tracer("tests")
+
+
+def test_aws_trace_header_parses_to_a_remote_span_context() -> None:
+    """An X-Ray header gives its trace id, parent span id and sampled flag."""
+    context = parse_aws_trace_header(
+        "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"
+    )
+    assert context is not None
+    assert f"{context.trace_id:032x}" == "5759e988bd862e3fe1be46a994272793"
+    assert f"{context.span_id:016x}" == "53995c3f42cd8ad8"
+    assert context.trace_flags.sampled
+    assert context.is_remote
+
+
+def test_malformed_aws_trace_headers_are_ignored() -> None:
+    """Headers that are not X-Ray's shape give no context rather than an exception."""
+    for header in ["", "Root=abc", "Root=1-xyz-123;Parent=53995c3f42cd8ad8", "Parent=1"]:
+        assert parse_aws_trace_header(header) is None
+
+
+def test_inject_respects_the_ten_attribute_limit(recorded: Recorded) -> None:
+    """A message already carrying 10 attributes gets no traceparent (SQS would refuse it)."""
+    full = {f"a{i}": {"DataType": "String", "StringValue": "x"} for i in range(10)}
+    with TRACER.start_as_current_span("send"):
+        assert len(inject_sqs_attributes(dict(full))) == SQS_ATTRIBUTE_LIMIT
+        room = inject_sqs_attributes({})
+    assert room["traceparent"]["DataType"] == "String"
+
+
+async def test_message_sent_with_context_is_processed_in_a_child_span(
+    recorded: Recorded, sqs_endpoint: str
+) -> None:
+    """Through a real SQS endpoint, the consumer span is a child of the producer's span."""
+    session = aioboto3.Session()
+    async with session.client("sqs", endpoint_url=sqs_endpoint) as sqs:
+        queue_url = (await sqs.create_queue(QueueName=f"otel-{uuid.uuid4().hex[:8]}"))["QueueUrl"]
+        try:
+            with TRACER.start_as_current_span("publish") as producer:
+                attributes = inject_sqs_attributes({})
+                await sqs.send_message(
+                    QueueUrl=queue_url, MessageBody="{}", MessageAttributes=attributes
+                )
+            received = await sqs.receive_message(
+                QueueUrl=queue_url,
+                MessageAttributeNames=["All"],
+                MessageSystemAttributeNames=["All"],
+                WaitTimeSeconds=5,
+            )
+        finally:
+            await sqs.delete_queue(QueueUrl=queue_url)
+    (message,) = received["Messages"]
+    with process_span(
+        queue_name="orders",
+        message_id=message["MessageId"],
+        message_attributes=message.get("MessageAttributes", {}),
+        system_attributes={str(k): v for k, v in message.get("Attributes", {}).items()},
+    ):
+        pass
+    spans = {span.name: span for span in recorded.spans.get_finished_spans()}
+    consumer = spans["process orders"]
+    assert consumer.kind == trace.SpanKind.CONSUMER
+    assert consumer.parent is not None
+    assert consumer.parent.span_id == producer.get_span_context().span_id
+    assert consumer.context.trace_id == producer.get_span_context().trace_id
+    assert consumer.attributes is not None
+    assert consumer.attributes["messaging.system"] == "aws_sqs"
+    assert consumer.attributes["messaging.destination.name"] == "orders"
+    assert consumer.attributes["messaging.message.id"] == message["MessageId"]
+    assert consumer.attributes["messaging.operation.type"] == "process"
+
+
+def test_aws_trace_header_is_the_fallback_parent(recorded: Recorded) -> None:
+    """Without a traceparent attribute the X-Ray system attribute gives the parent."""
+    header = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"
+    assert extract_sqs_context({}, {"AWSTraceHeader": header}) is not None
+    with process_span(
+        queue_name="q",
+        message_id="m",
+        message_attributes={},
+        system_attributes={"AWSTraceHeader": header},
+    ):
+        pass
+    (span,) = recorded.spans.get_finished_spans()
+    assert f"{span.context.trace_id:032x}" == "5759e988bd862e3fe1be46a994272793"
+
+
+def test_log_lines_inside_a_span_carry_its_ids(recorded: Recorded) -> None:
+    """Every JSON line written inside a span has trace_id and span_id."""
+    buffer = io.StringIO()
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    configure_logging(stream=buffer)
+    try:
+        with TRACER.start_as_current_span("work") as span:
+            logging.getLogger("w").info("inside")
+        logging.getLogger("w").info("outside")
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    inside, outside = (json.loads(line) for line in buffer.getvalue().splitlines())
+    assert inside["trace_id"] == f"{span.get_span_context().trace_id:032x}"
+    assert inside["span_id"] == f"{span.get_span_context().span_id:016x}"
+    assert "trace_id" not in outside
+
+
+def test_telemetry_off_installs_nothing_and_imports_no_exporter() -> None:
+    """With telemetry off, no provider is installed and neither the SDK nor OTLP is imported."""
+    script = (
+        "import asyncio, sys\n"
+        "from opentelemetry import trace\n"
+        "from fargate_runtime.telemetry import Telemetry, TelemetrySettings\n"
+        "async def main():\n"
+        "    async with Telemetry(TelemetrySettings(), service_name='x') as t:\n"
+        "        print(t.enabled)\n"
+        "asyncio.run(main())\n"
+        "print(type(trace.get_tracer_provider()).__name__)\n"
+        "print(any(m.startswith('opentelemetry.exporter') for m in sys.modules))\n"
+        "print('opentelemetry.sdk.trace' in sys.modules)\n"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert output == ["False", "ProxyTracerProvider", "False", "False"]
