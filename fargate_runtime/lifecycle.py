@@ -65,6 +65,9 @@ class Lifecycle:
         self._phase = Phase.STARTING
         self._shutdown = asyncio.Event()
         self._deadlines: Deadlines | None = None
+        # One event per phase, set once the phase (or a later one) is reached.
+        self._reached = {phase: asyncio.Event() for phase in Phase}
+        self._reached[Phase.STARTING].set()
         self.shutdown_reason: str | None = None
 
     @property
@@ -129,5 +132,13 @@ class Lifecycle:
         self._shutdown.set()
         return True
 
+    async def wait_for_phase(self, phase: Phase) -> None:
+        """Return once the supervisor has reached ``phase`` (or a later one)."""
+        await self._reached[phase].wait()
+
     def _set_phase(self, phase: Phase) -> None:
         self._phase = phase
+        for each in Phase:
+            self._reached[each].set()
+            if each is phase:
+                break

@@ -28,12 +28,15 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any, TypeVar
 
+from opentelemetry import trace
+
 from . import ecs
 from .errors import ConfigurationError, SignalHandlingError
 from .health import HealthServer
 from .lifecycle import ExitCode, Lifecycle, Phase
 from .logging import configure_logging, set_static
 from .settings import RuntimeSettings, load_settings
+from .telemetry import INSTRUMENTATION_NAME, Telemetry, TelemetrySettings, drain_duration_histogram
 
 __all__ = ["Runtime", "Service", "Setup", "Supervisor"]
 
@@ -231,6 +234,7 @@ class _Run:
         self.cancel_now = asyncio.Event()
         self.crashed = False
         self.phase_started = time.monotonic()
+        self.shutdown_span: trace.Span | None = None
 
     async def serve(self) -> ExitCode:
         runtime, lifecycle = self.runtime, self.lifecycle
@@ -252,6 +256,13 @@ class _Run:
             # Entered first, so closed last: liveness answers until the very end.
             health = HealthServer(lifecycle, host=settings.health_host, port=settings.health_port)
             await runtime.enter(health, name="health")
+            # Next, so it closes after every user resource and flushes what they recorded.
+            telemetry = Telemetry(
+                load_settings(TelemetrySettings),
+                service_name=settings.service_name,
+                lifecycle=lifecycle,
+            )
+            await runtime.enter(telemetry, name="telemetry")
             for setup in self.setups:
                 await setup(runtime)
         except ConfigurationError as exc:
@@ -324,6 +335,8 @@ class _Run:
         return asyncio.get_running_loop().call_later(delay, self.cancel_now.set)
 
     async def cancel_stragglers(self, pending: set[asyncio.Task[None]]) -> None:
+        if self.shutdown_span is not None:
+            self.shutdown_span.add_event("drain deadline hit", {"services": len(pending)})
         for task in pending:
             logger.warning(
                 "drain deadline hit: cancelling service",
@@ -365,11 +378,21 @@ class _Run:
             self.begin_shutdown(name)
 
     def enter_phase(self, phase: Phase, **extra: Any) -> None:
-        """Enter ``phase``; log it with how long the previous phase took."""
+        """Enter ``phase``; log it with how long the previous phase took; trace the shutdown."""
         now = time.monotonic()
         since, self.phase_started = self.phase_started, now
         previous = self.lifecycle.phase
         self.lifecycle._set_phase(phase)
+        if phase is Phase.DRAINING:
+            self.shutdown_span = trace.get_tracer(INSTRUMENTATION_NAME).start_span(
+                "shutdown", attributes={"fargate_runtime.shutdown.reason": str(extra["reason"])}
+            )
+        elif previous is Phase.DRAINING and self.shutdown_span is not None:
+            # Drain ends here; the span ends before telemetry is flushed in the closing phase.
+            drain_duration_histogram().record(now - since)
+            self.shutdown_span.add_event(f"phase {phase.value}", {"drain_seconds": now - since})
+            self.shutdown_span.end()
+            self.shutdown_span = None
         logger.info(
             "phase %s",
             phase.value,

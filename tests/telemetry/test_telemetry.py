@@ -149,3 +149,36 @@ def test_telemetry_off_installs_nothing_and_imports_no_exporter() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
     ).stdout.split()
     assert output == ["False", "ProxyTracerProvider", "False", "False"]
+
+
+async def test_shutdown_is_traced_and_drain_duration_recorded(recorded: Recorded) -> None:
+    """The drain appears as a ``shutdown`` span and in the drain duration histogram."""
+    import asyncio
+
+    from fargate_runtime import ExitCode, Lifecycle, RuntimeSettings, Supervisor
+
+    app = Supervisor(settings=RuntimeSettings(), handle_signals=False)
+    started = asyncio.Event()
+
+    @app.service
+    async def worker(lifecycle: Lifecycle) -> None:
+        started.set()
+        await lifecycle.wait_shutdown_requested()
+
+    run = asyncio.create_task(app.serve())
+    await started.wait()
+    app.request_shutdown("deploy")
+    assert await run == ExitCode.OK
+    (span,) = [s for s in recorded.spans.get_finished_spans() if s.name == "shutdown"]
+    assert span.attributes is not None
+    assert span.attributes["fargate_runtime.shutdown.reason"] == "deploy"
+    assert [event.name for event in span.events] == ["phase closing"]
+    data = recorded.metrics.get_metrics_data()
+    assert data is not None
+    names = {
+        metric.name
+        for resource_metrics in data.resource_metrics
+        for scope in resource_metrics.scope_metrics
+        for metric in scope.metrics
+    }
+    assert "fargate_runtime.shutdown.drain.duration" in names
