@@ -26,6 +26,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "check-taskdef": ("fargate_runtime._check_taskdef_command", "lint ECS task definitions"),
     "size": ("fargate_runtime._size_command", "the smallest Fargate size for a measured peak"),
+    "drill": (
+        "fargate_runtime.drill.cli",
+        "interrupt real workers like Fargate Spot; report anything lost or charged twice",
+    ),
+    "local": (
+        "fargate_runtime.drill.local_command",
+        "start a local SQS endpoint and Redis, create a queue, print the env to use them",
+    ),
 }
 
 

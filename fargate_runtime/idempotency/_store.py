@@ -14,12 +14,15 @@ lease expired gets ``False`` (lease lost) and cannot touch the new owner's claim
 
 from __future__ import annotations
 
+import abc
 import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from types import TracebackType
+    from typing import Self
 
 __all__ = [
     "ClaimRequest",
@@ -29,6 +32,7 @@ __all__ = [
     "Held",
     "IdempotencyStore",
     "RecordState",
+    "StoreBase",
 ]
 
 
@@ -94,6 +98,9 @@ class IdempotencyStore(Protocol):
     Each method is one atomic step (one round trip for a remote store) for the whole sequence;
     results come back in the order of the inputs. Methods that take a token answer False where
     the lease was lost. Unreachable storage raises ``StoreUnavailableError``.
+
+    Fencing tokens are positive and strictly increase across the claims of one key, so a
+    downstream system that remembers the highest token it saw can refuse a zombie's write.
     """
 
     async def claim_many(
@@ -105,7 +112,11 @@ class IdempotencyStore(Protocol):
     async def complete_many(
         self, completions: Sequence[Completion], *, retention_seconds: float
     ) -> list[bool]:
-        """Mark claims completed with their results; False where the lease was lost."""
+        """Mark claims completed with their results; False where the lease was lost.
+
+        A completion repeated with the same token (a retry after a lost reply) answers True
+        again; a completed record is never overwritten.
+        """
         ...
 
     async def release_many(self, held: Sequence[Held]) -> list[bool]:
@@ -115,3 +126,73 @@ class IdempotencyStore(Protocol):
     async def renew_many(self, held: Sequence[Held], *, lease_seconds: float) -> list[bool]:
         """Extend leases still ours to ``lease_seconds`` from now; False where lost."""
         ...
+
+
+class StoreBase(abc.ABC):
+    """A backend's base: implement the four batch methods, get the single-key forms for free.
+
+    Each single-key method is its batch method with one entry: one round trip, same atomicity.
+    A store is an async context manager; ``aclose`` releases its connections (if it owns any).
+    """
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook: most stores hold nothing
+        """Release what the store holds (connections); nothing by default."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    @abc.abstractmethod
+    async def claim_many(
+        self, requests: Sequence[ClaimRequest], *, owner: str, lease_seconds: float
+    ) -> list[ClaimResult]:
+        """See ``IdempotencyStore.claim_many``."""
+
+    @abc.abstractmethod
+    async def complete_many(
+        self, completions: Sequence[Completion], *, retention_seconds: float
+    ) -> list[bool]:
+        """See ``IdempotencyStore.complete_many``."""
+
+    @abc.abstractmethod
+    async def release_many(self, held: Sequence[Held]) -> list[bool]:
+        """See ``IdempotencyStore.release_many``."""
+
+    @abc.abstractmethod
+    async def renew_many(self, held: Sequence[Held], *, lease_seconds: float) -> list[bool]:
+        """See ``IdempotencyStore.renew_many``."""
+
+    async def claim(
+        self, key: str, fingerprint: str, *, owner: str, lease_seconds: float
+    ) -> ClaimResult:
+        """Claim one key (see ``claim_many``)."""
+        (result,) = await self.claim_many(
+            [ClaimRequest(key, fingerprint)], owner=owner, lease_seconds=lease_seconds
+        )
+        return result
+
+    async def complete(
+        self, key: str, token: int, result: bytes, *, retention_seconds: float
+    ) -> bool:
+        """Complete one claim; False when the lease was lost (see ``complete_many``)."""
+        (done,) = await self.complete_many(
+            [Completion(key, token, result)], retention_seconds=retention_seconds
+        )
+        return done
+
+    async def release(self, key: str, token: int) -> bool:
+        """Release one claim; False when it is not ours any more (see ``release_many``)."""
+        (released,) = await self.release_many([Held(key, token)])
+        return released
+
+    async def renew(self, key: str, token: int, *, lease_seconds: float) -> bool:
+        """Extend one lease; False when it was lost (see ``renew_many``)."""
+        (renewed,) = await self.renew_many([Held(key, token)], lease_seconds=lease_seconds)
+        return renewed

@@ -1,0 +1,24 @@
+output "queue_url" {
+  description = "URL of the work queue (what producers send to)."
+  value       = aws_sqs_queue.main.url
+}
+
+output "dlq_url" {
+  description = "URL of the dead-letter queue."
+  value       = aws_sqs_queue.dlq.url
+}
+
+output "service_name" {
+  description = "ECS service of the worker."
+  value       = aws_ecs_service.worker.name
+}
+
+output "task_definition_arn" {
+  description = "Task definition revision the service runs."
+  value       = aws_ecs_task_definition.worker.arn
+}
+
+output "task_role_arn" {
+  description = "The worker's own credentials (consume its queue only)."
+  value       = aws_iam_role.task.arn
+}

@@ -1,0 +1,1 @@
+"""Starters users copy: an SQS payment worker and a payments HTTP API."""

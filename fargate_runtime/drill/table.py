@@ -1,0 +1,90 @@
+"""The drill report as text: the verdict, the figures table, explanations, failures and notes."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .report import DrillReport
+
+__all__ = ["render_table"]
+
+_EXPLANATIONS_SHOWN = 20
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.2f}"
+
+
+def render_table(report: DrillReport, *, title: str = "") -> str:
+    """The report as lines of text, ending with a newline."""
+    r = report
+    verdict = "PASSED" if r.exit_code == 0 else "FAILED"
+    unique_detail = f"{r.unique_events} unique + {r.duplicates_sent} duplicates"
+    if r.malformed_sent:
+        unique_detail += f" + {r.malformed_sent} malformed"
+    explained = len(r.explanations) - len(r.unexplained_duplicates)
+    executions_detail = "" if r.executions_recorded else "(counted from charge requests)"
+    rows: list[tuple[str, str, str]] = [
+        ("events sent", str(r.events_sent), f"({unique_detail})"),
+        ("unique events", str(r.unique_events), ""),
+        ("charged", str(r.charged), f"of {r.unique_events} unique"),
+        ("lost", str(r.lost), "must be 0"),
+        ("dead-lettered", str(r.dead_lettered), ""),
+        ("charge attempts", str(r.charge_attempts), ""),
+        (
+            "duplicate attempts",
+            str(r.duplicate_attempts),
+            f"({explained} explained by a kill or a Redis restart)" if r.explanations else "",
+        ),
+        ("double charges", str(r.double_charges), "must be 0"),
+        ("handler executions", str(r.handler_executions), executions_detail),
+        (
+            "SIGTERMs",
+            str(r.sigterms),
+            f"({r.interruptions} interruptions + {r.sigterms - r.interruptions} at the end)",
+        ),
+        ("SIGKILLs: overruns", str(r.overruns), "must be 0"),
+        ("SIGKILLs: chaos", str(r.chaos_kills), "(hard kills, no warning)"),
+        ("Redis restarts", str(r.redis_restarts), ""),
+        ("drain p50", f"{_seconds(r.drain_seconds_p50)} s", "(SIGTERM to exit)"),
+        ("drain p95", f"{_seconds(r.drain_seconds_p95)} s", ""),
+        (
+            "drain max",
+            f"{_seconds(r.drain_seconds_max)} s",
+            f"budget {_seconds(r.drain_budget_seconds)} s (stop timeout "
+            f"{r.stop_timeout_seconds:g} s minus margin)",
+        ),
+        ("released on shutdown", str(r.released_on_shutdown), ""),
+        ("hidden by abandoned receive", str(r.hidden_by_abandoned_receive), ""),
+        (
+            "throughput",
+            f"{r.events_per_second:.1f} events/s",
+            f"(charged; messages sent at {r.messages_per_second_sent:g}/s)",
+        ),
+        ("duration", f"{r.duration_seconds:.1f} s", ""),
+    ]
+    label_width = max(len(label) for label, _, _ in rows)
+    value_width = max(len(value) for _, value, _ in rows)
+    lines = [f"fargate-runtime drill: {verdict} (exit {r.exit_code}){title}", ""]
+    lines += [
+        f"  {label:<{label_width}}  {value:>{value_width}}  {detail}".rstrip()
+        for label, value, detail in rows
+    ]
+    if r.explanations:
+        causes = Counter(e.cause.replace("_", " ") for e in r.explanations)
+        summary = ", ".join(f"{cause} {count}" for cause, count in causes.most_common())
+        lines += ["", f"Duplicate attempts and their causes ({summary}):"]
+        for explanation in r.explanations[:_EXPLANATIONS_SHOWN]:
+            mark = "explained" if explanation.excused else "NOT EXPLAINED"
+            lines.append(f"  [{mark}] {explanation.text}")
+        if len(r.explanations) > _EXPLANATIONS_SHOWN:
+            lines.append(f"  ... and {len(r.explanations) - _EXPLANATIONS_SHOWN} more")
+    if r.failures:
+        lines += ["", "Failures:"]
+        lines += [f"  - {failure}" for failure in r.failures]
+    if r.notes:
+        lines += ["", "Notes:"]
+        lines += [f"  - {note}" for note in r.notes]
+    return "\n".join(lines) + "\n"

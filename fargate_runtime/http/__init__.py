@@ -1,0 +1,47 @@
+"""HTTP APIs under the supervisor: hosting an ASGI app on uvicorn, and Idempotency-Key.
+
+    from fargate_runtime import Runtime, Supervisor
+    from fargate_runtime.http import IdempotencyMiddleware, header_principal, serve_asgi
+
+    app = Supervisor()
+
+    @app.setup
+    async def setup(rt: Runtime) -> None:
+        api = Starlette(routes=..., middleware=[Middleware(
+            IdempotencyMiddleware, store=store, principal=header_principal("x-api-key"),
+            routes=["/payments"])])
+        await serve_asgi(rt, api)  # HttpSettings from FARGATE_RUNTIME_HTTP_*
+
+``serve_asgi`` answers ``/readyz`` 503 from the first SIGTERM, keeps serving for the lame duck,
+drains in-flight requests within the drain deadline and cuts what is left (exit 75).
+``IdempotencyMiddleware`` makes POST/PATCH routes safe to retry with an ``Idempotency-Key``.
+"""
+
+from __future__ import annotations
+
+from .idempotency import (
+    IdempotencyClaim,
+    IdempotencyMiddleware,
+    Principal,
+    header_principal,
+    idempotency_claim,
+    parse_key,
+)
+from .request_context import RequestContextMiddleware
+from .server import HttpServer, serve_asgi
+from .settings import HTTP_ENV_PREFIX, HttpIdempotencySettings, HttpSettings
+
+__all__ = [
+    "HTTP_ENV_PREFIX",
+    "HttpIdempotencySettings",
+    "HttpServer",
+    "HttpSettings",
+    "IdempotencyClaim",
+    "IdempotencyMiddleware",
+    "Principal",
+    "RequestContextMiddleware",
+    "header_principal",
+    "idempotency_claim",
+    "parse_key",
+    "serve_asgi",
+]

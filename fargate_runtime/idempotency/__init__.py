@@ -1,0 +1,85 @@
+"""Idempotency keys on Redis: atomic, fenced, leased, batched.
+
+A record per key goes ``absent -> in_progress -> completed`` (or back to absent on release or
+lease expiry), written only by atomic store operations; see ``IdempotencyStore``. Most code uses
+the guard::
+
+    settings = load_idempotency_settings()  # FARGATE_RUNTIME_IDEMPOTENCY_*, REDIS_URL
+    store = open_store(settings)  # close with aclose(), or enter it as a resource
+    idem = Idempotency.from_settings(store, settings)
+
+    @idem.idempotent("charges", key=lambda event: event["id"])
+    async def charge(event: dict[str, Any]) -> dict[str, Any]:
+        claim = current_claim()  # claim.key and claim.token go downstream
+        ...
+
+Batch callers (the SQS consumer) call ``claim_many`` / ``complete_many`` on the store directly:
+one round trip for a whole receive batch.
+"""
+
+from __future__ import annotations
+
+from ..errors import (
+    AlreadyInProgressError,
+    IdempotencyError,
+    IdempotencyKeyError,
+    LeaseLostError,
+    PayloadMismatchError,
+    ResultTooLargeError,
+    StoreUnavailableError,
+)
+from ._store import (
+    ClaimRequest,
+    ClaimResult,
+    ClaimStatus,
+    Completion,
+    Held,
+    IdempotencyStore,
+    RecordState,
+    StoreBase,
+)
+from .claim import Claim, GuardStats, current_claim
+from .connection import open_store, redis_client
+from .guard import Guard, Idempotency
+from .keys import MAX_KEY_LENGTH, fingerprint, scoped_key
+from .memory_store import ManualClock, MemoryStore
+from .redis_store import RedisStore
+from .serialization import JsonSerializer, Serializer, encode_result
+from .settings import FailurePolicy, IdempotencySettings, load_idempotency_settings
+
+__all__ = [
+    "MAX_KEY_LENGTH",
+    "AlreadyInProgressError",
+    "Claim",
+    "ClaimRequest",
+    "ClaimResult",
+    "ClaimStatus",
+    "Completion",
+    "FailurePolicy",
+    "Guard",
+    "GuardStats",
+    "Held",
+    "Idempotency",
+    "IdempotencyError",
+    "IdempotencyKeyError",
+    "IdempotencySettings",
+    "IdempotencyStore",
+    "JsonSerializer",
+    "LeaseLostError",
+    "ManualClock",
+    "MemoryStore",
+    "PayloadMismatchError",
+    "RecordState",
+    "RedisStore",
+    "ResultTooLargeError",
+    "Serializer",
+    "StoreBase",
+    "StoreUnavailableError",
+    "current_claim",
+    "encode_result",
+    "fingerprint",
+    "load_idempotency_settings",
+    "open_store",
+    "redis_client",
+    "scoped_key",
+]

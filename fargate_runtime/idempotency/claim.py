@@ -1,0 +1,89 @@
+"""What guarded code sees of its claim: the key, the fencing token, a replayed result."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+__all__ = ["Claim", "GuardStats", "bind_claim", "current_claim"]
+
+_current: contextvars.ContextVar[Claim] = contextvars.ContextVar("fargate_runtime_claim")
+
+
+@dataclass(slots=True)
+class GuardStats:
+    """Counts of what the guards of one ``Idempotency`` saw (for logs and metrics)."""
+
+    acquired: int = 0
+    replayed: int = 0
+    completed: int = 0
+    released: int = 0
+    in_progress: int = 0
+    mismatched: int = 0
+    lease_lost: int = 0
+    store_errors: int = 0
+    unprotected: int = 0  # ran without a claim because the store was down (fail-open)
+
+
+class Claim:
+    """What the guarded code sees: the key and fencing token to pass downstream.
+
+    ``replayed`` is True when the key was completed before: the block must not run its effect
+    again and ``result`` holds the stored result. ``protected`` is False only under the fail-open
+    policy while the store is down (the token is then 0, lower than any real token).
+    """
+
+    __slots__ = ("_result", "key", "lease_lost", "protected", "replayed", "token")
+
+    def __init__(
+        self,
+        key: str,
+        token: int,
+        *,
+        replayed: bool = False,
+        protected: bool = True,
+        result: object = None,
+    ) -> None:
+        self.key = key
+        self.token = token
+        self.replayed = replayed
+        self.protected = protected
+        self.lease_lost = False
+        self._result = result
+
+    @property
+    def result(self) -> object:
+        """The stored result when replayed, else what ``set_result`` was given (None)."""
+        return self._result
+
+    def set_result(self, value: object) -> None:
+        """The result to store on completion and replay to duplicates."""
+        if self.replayed:
+            raise RuntimeError(f"idempotency key {self.key!r} is replayed: it has its result")
+        self._result = value
+
+    def __repr__(self) -> str:
+        return (
+            f"Claim(key={self.key!r}, token={self.token}, replayed={self.replayed}, "
+            f"protected={self.protected})"
+        )
+
+
+def current_claim() -> Claim:
+    """The claim of the ``@idempotent`` function running in this task (LookupError outside)."""
+    return _current.get()
+
+
+@contextlib.contextmanager
+def bind_claim(claim: Claim) -> Iterator[None]:
+    """Make ``claim`` what ``current_claim()`` returns inside the block (this task only)."""
+    token = _current.set(claim)
+    try:
+        yield
+    finally:
+        _current.reset(token)

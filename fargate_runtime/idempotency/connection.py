@@ -1,0 +1,69 @@
+"""Building the Redis client and the store from settings: URL, TLS, AUTH, timeouts, retries."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+
+from .memory_store import MemoryStore
+from .redis_store import RedisStore
+
+if TYPE_CHECKING:
+    from .settings import IdempotencySettings
+
+__all__ = ["open_store", "redis_client"]
+
+# First retry after ~50 ms, never more than 0.5 s apart: long enough for a pooled connection
+# to be replaced or a failover to be announced, short enough to fail closed within a second or
+# two when Redis is really gone.
+_BACKOFF_BASE_SECONDS = 0.05
+_BACKOFF_CAP_SECONDS = 0.5
+
+
+def redis_client(
+    settings: IdempotencySettings, *, socket_timeout: bool = True
+) -> Redis | RedisCluster:
+    """A redis-py asyncio client for ``settings.redis_url`` (a cluster client if configured).
+
+    ``socket_timeout=False`` leaves reads and writes unbounded by redis-py, for a caller that
+    bounds every call itself (the store does, with ``call_timeout_seconds``): on Python 3.11
+    redis-py's write timeout wraps every command in an extra task, about 10 % of a batch.
+    """
+    url = settings.redis_url.get_secret_value()
+    options: dict[str, Any] = {
+        "socket_timeout": settings.socket_timeout_seconds if socket_timeout else None,
+        "socket_connect_timeout": settings.socket_connect_timeout_seconds,
+        # Only connection errors and timeouts are retried: every script is safe to repeat
+        # (a repeated claim finds its own record in progress, a repeated completion answers
+        # True again), but nothing else would succeed on a second try.
+        "retry": Retry(
+            ExponentialWithJitterBackoff(base=_BACKOFF_BASE_SECONDS, cap=_BACKOFF_CAP_SECONDS),
+            retries=settings.retries,
+        ),
+        "decode_responses": False,
+    }
+    if settings.redis_username is not None:
+        options["username"] = settings.redis_username
+    if settings.redis_password is not None:
+        options["password"] = settings.redis_password.get_secret_value()
+    if settings.redis_tls_ca_file is not None and url.lower().startswith("rediss://"):
+        options["ssl_ca_certs"] = settings.redis_tls_ca_file
+    if settings.cluster:
+        return RedisCluster.from_url(url, **options)
+    return Redis.from_url(url, **options)
+
+
+def open_store(settings: IdempotencySettings) -> RedisStore | MemoryStore:
+    """The store ``settings`` describe; close it with ``aclose`` (or ``async with``)."""
+    if settings.in_memory:
+        return MemoryStore(max_result_bytes=settings.max_result_bytes)
+    return RedisStore(
+        redis_client(settings, socket_timeout=False),
+        max_result_bytes=settings.max_result_bytes,
+        call_timeout_seconds=settings.call_timeout_seconds,
+        owns_client=True,
+    )

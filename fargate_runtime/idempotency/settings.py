@@ -1,0 +1,121 @@
+"""Idempotency settings, read from ``FARGATE_RUNTIME_IDEMPOTENCY_*`` (and plain ``REDIS_URL``).
+
+The Redis URL is taken from ``FARGATE_RUNTIME_IDEMPOTENCY_REDIS_URL``, else ``REDIS_URL`` (what
+most tools and our local stand-ins read), else ``redis://127.0.0.1:6379``. ``rediss://`` turns
+on TLS (ElastiCache in-transit encryption); AUTH comes from the URL
+(``rediss://user:password@host:6379/0``) or from ``..._REDIS_USERNAME`` / ``..._REDIS_PASSWORD``
+(handy when ECS injects the password from Secrets Manager). ``memory://`` selects the in-process
+store, for local runs. The URL and password are secrets: never shown in reprs or errors.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from typing import Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ..errors import ConfigurationError, IdempotencyKeyError
+from .keys import MAX_PREFIX_LENGTH, scoped_key
+from .serialization import DEFAULT_MAX_RESULT_BYTES
+
+__all__ = ["ENV_PREFIX", "FailurePolicy", "IdempotencySettings", "load_idempotency_settings"]
+
+ENV_PREFIX = "FARGATE_RUNTIME_IDEMPOTENCY_"
+# Inputs never repeated in an error message: a Redis URL may carry a password.
+_SECRET_MARKERS = ("url", "password")
+
+
+class FailurePolicy(enum.Enum):
+    """What the guard does when the store cannot be reached."""
+
+    # The work is not done; the caller learns it (StoreUnavailableError) and retries later.
+    CLOSED = "closed"
+    # The work runs unprotected, logged at ERROR: a duplicate may then run twice.
+    OPEN = "open"
+
+
+class IdempotencySettings(BaseSettings):
+    """Where idempotency records live, how long they live and what happens when Redis is down."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379")
+    redis_username: str | None = None
+    redis_password: SecretStr | None = None
+    # A CA bundle for ``rediss://`` servers whose certificate no system CA signed.
+    redis_tls_ca_file: str | None = None
+    # Redis Cluster / ElastiCache Serverless: batches are split by hash slot.
+    cluster: bool = False
+    # ``prefix:{scope}:key``: a whole scope on one slot, so a batch is one script on a cluster.
+    cluster_hash_tags: bool = False
+    key_prefix: str = Field(default="fargate-runtime", min_length=1, max_length=MAX_PREFIX_LENGTH)
+    # In progress: long enough for a typical handler; the heartbeat renews longer ones. A crashed
+    # worker's keys come back after at most this long.
+    lease_seconds: float = Field(default=30.0, gt=0.0, le=43200.0)
+    retention_seconds: float = Field(default=24 * 3600.0, gt=0.0)
+    max_result_bytes: int = Field(default=DEFAULT_MAX_RESULT_BYTES, gt=0, le=64 * 1024 * 1024)
+    failure_policy: FailurePolicy = FailurePolicy.CLOSED
+    # A claim is sub-millisecond on a healthy Redis; a second is an outage, not a slow reply.
+    socket_timeout_seconds: float = Field(default=1.0, gt=0.0, le=60.0)
+    socket_connect_timeout_seconds: float = Field(default=1.0, gt=0.0, le=60.0)
+    # One store call (a whole batch), reconnects and retries included; then it fails closed.
+    # Inside the shutdown's release phase (2 s by default) with room to spare.
+    call_timeout_seconds: float = Field(default=1.5, gt=0.0, le=120.0)
+    # Retries (on connection errors and timeouts only) ride over a failover or a stale pooled
+    # connection; more would only delay the fail-closed answer the caller has to handle anyway.
+    retries: int = Field(default=2, ge=0, le=10)
+    # Bound on releasing a claim after the handler failed; the shutdown's release phase is ~2 s.
+    release_timeout_seconds: float = Field(default=2.0, gt=0.0, le=60.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_redis_url(cls, data: Any) -> Any:
+        # Our own variable (or an argument) wins; plain REDIS_URL is the fallback.
+        if isinstance(data, dict) and data.get("redis_url") is None and "REDIS_URL" in os.environ:
+            return {**data, "redis_url": os.environ["REDIS_URL"]}
+        return data
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _prefix_is_valid(cls, value: str) -> str:
+        try:
+            scoped_key(value, "scope", "key")
+        except IdempotencyKeyError as exc:
+            raise ValueError(str(exc)) from exc
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _url_scheme_is_known(cls, value: SecretStr) -> SecretStr:
+        scheme = value.get_secret_value().partition("://")[0].lower()
+        if scheme not in {"redis", "rediss", "unix", "memory"}:
+            # Never echo the URL: it may carry a password.
+            raise ValueError(
+                f"unsupported scheme {scheme!r}: use redis://, rediss:// (TLS), unix:// or memory://"
+            )
+        return value
+
+    @property
+    def in_memory(self) -> bool:
+        """True for ``memory://``: the in-process store (one process, nothing shared)."""
+        return self.redis_url.get_secret_value().lower().startswith("memory://")
+
+
+def load_idempotency_settings(**overrides: Any) -> IdempotencySettings:
+    """Build the settings from the environment and ``overrides``; bad values raise
+    ConfigurationError naming each variable, without ever echoing the URL or the password.
+    """
+    try:
+        return IdempotencySettings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"]).upper()
+            secret = any(marker in field.lower() for marker in _SECRET_MARKERS)
+            shown = "" if secret else f" (got {error.get('input')!r})"
+            problems.append(f"{ENV_PREFIX}{field}: {error['msg']}{shown}")
+        # Not chained: pydantic's own message repeats every input, secrets included.
+        raise ConfigurationError(f"invalid idempotency settings: {'; '.join(problems)}") from None

@@ -1,0 +1,210 @@
+"""The messages a consumer holds and the ways one leaves: deleted, backed off or released.
+
+Every held message occupies one concurrency slot from its receive until it leaves; the slot is
+given back the moment its delete or visibility change is queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from typing import TYPE_CHECKING
+
+from ..telemetry import ConsumerMetrics
+from ._inflight import InFlight, MessageState
+from ._receiver import Slots
+from .acks import DeleteBuffer, VisibilityBuffer
+from .heartbeat import Heartbeat
+from .message import Message
+
+if TYPE_CHECKING:
+    from types_aiobotocore_sqs import SQSClient
+    from types_aiobotocore_sqs.type_defs import MessageTypeDef
+
+    from ..idempotency import IdempotencyStore
+    from .settings import SqsSettings
+
+__all__ = ["ConsumerStats", "Holdings"]
+
+logger = logging.getLogger("fargate_runtime.sqs.consumer")
+
+
+@dataclasses.dataclass(slots=True)
+class ConsumerStats:
+    """Counters of one consumer run; logged as one line when the consumer stops."""
+
+    receives: int = 0
+    empty_receives: int = 0
+    received: int = 0
+    started: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    malformed: int = 0
+    duplicates_completed: int = 0  # key already completed: deleted without running
+    duplicates_in_progress: int = 0  # key held by another worker: backed off, not run
+    payload_mismatches: int = 0
+    store_errors: int = 0  # claims refused because the store failed: not run, retried later
+    lease_lost: int = 0  # completion refused: handed back instead of deleted
+    redelivered_while_held: int = 0  # same message received again: latest receipt handle kept
+    # Made visible again at once during shutdown: unstarted ones, what a late receive brought,
+    # and the cancelled stragglers (also counted in cancelled_at_deadline).
+    released_on_shutdown: int = 0
+    cancelled_at_deadline: int = 0  # still running at the drain deadline: cancelled, released
+    released_after_group_failure: int = 0  # FIFO: rest of a failed group's batch
+    abandoned_receives: int = 0
+    # Upper bound: messages the abandoned receives could have taken (MaxNumberOfMessages).
+    hidden_by_abandoned_receive: int = 0
+    deleted: int = 0
+    delete_calls: int = 0
+    visibility_calls: int = 0
+    heartbeat_extensions: int = 0
+    lease_renewals: int = 0
+    completion_round_trips: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """The counters as a plain dict (for logs and the drill)."""
+        return dataclasses.asdict(self)
+
+
+class Holdings:
+    """Held messages by id, their slots, their heartbeat, and the buffered calls that end them."""
+
+    def __init__(
+        self, client: SQSClient, *, settings: SqsSettings, store: IdempotencyStore | None
+    ) -> None:
+        self.settings = settings
+        self.stats = ConsumerStats()
+        self.slots = Slots(settings.concurrency)
+        self.deletes = DeleteBuffer(
+            client,
+            queue_url=settings.queue_url,
+            flush_interval_seconds=settings.flush_interval_seconds,
+            attempts=settings.ack_attempts,
+        )
+        self.visibility = VisibilityBuffer(
+            client,
+            queue_url=settings.queue_url,
+            flush_interval_seconds=settings.flush_interval_seconds,
+            attempts=settings.ack_attempts,
+        )
+        self.heartbeat = Heartbeat(
+            self.visibility,
+            store=store,
+            visibility_timeout_seconds=settings.visibility_timeout_seconds,
+            extend_below_seconds=settings.heartbeat_after_seconds,
+            tick_seconds=settings.heartbeat_tick_seconds,
+        )
+        self.metrics = ConsumerMetrics(queue_name=settings.queue_name)
+        self._store = store
+        self._held: dict[str, InFlight] = {}
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def items(self) -> list[InFlight]:
+        """Everything held, in receive order."""
+        return list(self._held.values())
+
+    def accept(self, raw: list[MessageTypeDef], sent_at: float) -> list[InFlight]:
+        """Track what a receive brought; return the messages not already held."""
+        visibility = self.settings.visibility_timeout_seconds
+        fresh: list[InFlight] = []
+        for entry in raw:
+            message = Message.from_response(entry)
+            self.stats.received += 1
+            held = self._held.get(message.message_id)
+            if held is not None:
+                # SQS handed it out again (visibility ran out, or a standard-queue duplicate):
+                # keep the one copy running, with the newest receipt handle.
+                held.message.receipt_handle = message.receipt_handle
+                held.visible_until = sent_at + visibility
+                self.stats.redelivered_while_held += 1
+                self.slots.give(1)
+                continue
+            item = InFlight.received(message, sent_at=sent_at, visibility_seconds=visibility)
+            self._held[message.message_id] = item
+            self.heartbeat.track(item)
+            fresh.append(item)
+        self.metrics.received.add(len(raw), self.metrics.attributes)
+        return fresh
+
+    def delete(self, item: InFlight) -> None:
+        """Queue the delete of a finished message and free its slot."""
+        item.state = MessageState.DONE
+        self.heartbeat.forget(item)
+        self.deletes.delete(item.message_id, receipt_handle=item.message.receipt_handle)
+        self._forget(item)
+
+    def back_off(self, item: InFlight, *, seconds: int) -> None:
+        """Make a message visible again in ``seconds`` (queued) and free its slot."""
+        item.state = MessageState.RELEASED
+        self.heartbeat.forget(item)
+        self.visibility.change(
+            item.message_id, receipt_handle=item.message.receipt_handle, timeout_seconds=seconds
+        )
+        self._forget(item)
+
+    async def release_claims(self, items: list[InFlight]) -> None:
+        """Delete the claims of ``items`` still ours, so a retry can claim the key at once."""
+        held = [item.held for item in items if item.held is not None]
+        for item in items:
+            item.held = None
+        if not held or self._store is None:
+            return
+        try:
+            await self._store.release_many(held)
+        except Exception as exc:  # noqa: BLE001 - any store failure: the lease expires anyway
+            logger.warning(
+                "claims not released; they expire with their lease",
+                extra={"count": len(held), "error": repr(exc)},
+            )
+
+    async def release(self, items: list[InFlight]) -> None:
+        """Release claims, then make the messages visible at once (not after the timeout)."""
+        for item in items:
+            item.state = MessageState.RELEASED
+            self.heartbeat.forget(item)
+        # Claims first: when the message shows up again, its key must be free.
+        await self.release_claims(items)
+        await self.visibility.change_now(
+            [(item.message_id, item.message.receipt_handle, 0) for item in items]
+        )
+        for item in items:
+            self._forget(item)
+
+    async def release_on_shutdown(self, items: list[InFlight]) -> None:
+        """Release messages that will not run because the process is stopping; count them."""
+        started = [item for item in items if item.state is not MessageState.RECEIVED]
+        await self.release(items)
+        self.stats.released_on_shutdown += len(items)
+        self.stats.cancelled_at_deadline += len(started)
+        self.metrics.released.add(len(items), self.metrics.attributes)
+
+    async def settle_leftovers(self) -> None:
+        """At the very end: delete what finished, release everything else at once."""
+        release: list[InFlight] = []
+        for item in self.items():
+            if item.state is MessageState.SETTLING and _completed(item):
+                self.delete(item)
+            else:
+                release.append(item)
+        if release:
+            logger.warning("releasing unfinished messages", extra={"count": len(release)})
+            await self.release_on_shutdown(release)
+
+    async def flush(self) -> None:
+        """Send every queued delete and visibility change and wait for their outcomes."""
+        await asyncio.gather(self.deletes.flush(), self.visibility.flush())
+
+    def _forget(self, item: InFlight) -> None:
+        if self._held.pop(item.message_id, None) is not None:
+            self.slots.give(1)
+
+
+def _completed(item: InFlight) -> bool:
+    """The handler succeeded and, with idempotency, its completion is on record."""
+    if item.held is None:
+        return True
+    future = item.completion
+    return future is not None and future.done() and not future.cancelled() and future.result()

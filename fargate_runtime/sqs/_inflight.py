@@ -1,0 +1,62 @@
+"""What the consumer knows about each message it holds, from receive to delete or release."""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from ..idempotency import Held
+    from .message import Message
+
+__all__ = ["InFlight", "MessageState"]
+
+
+class MessageState(enum.Enum):
+    """Where a held message is; only RECEIVED ones may still be started."""
+
+    RECEIVED = "received"  # received, not started: claim pending, or queued behind its group
+    RUNNING = "running"  # the handler is running
+    SETTLING = "settling"  # the handler returned: completing the claim, deleting or backing off
+    RELEASED = "released"  # handed back to SQS without finishing (visibility 0 or a backoff)
+    DONE = "done"  # deleted (or queued for delete)
+
+
+@dataclass(slots=True, eq=False)
+class InFlight:
+    """A message we hold: its visibility horizon, our claim on its key, its state."""
+
+    message: Message
+    # Monotonic time when SQS makes it visible again unless we extend it.
+    visible_until: float
+    # Wall-clock second of the first receive: the 12 h visibility limit counts from there.
+    first_received_epoch: float
+    state: MessageState = MessageState.RECEIVED
+    # The idempotency key (unscoped, as handlers see it) and our claim on it, when we hold one.
+    key: str | None = None
+    held: Held | None = None
+    lease_lost: bool = False
+    # Logged once when the 12 h visibility limit stops the heartbeat.
+    capped: bool = False
+    # Set while the claim's completion is on its way to the store.
+    completion: asyncio.Future[bool] | None = field(default=None, repr=False)
+
+    @classmethod
+    def received(cls, message: Message, *, sent_at: float, visibility_seconds: int) -> InFlight:
+        """Track a message from a receive request sent at monotonic ``sent_at``."""
+        first = message.first_received_at
+        return cls(
+            message=message,
+            # Counted from when the request left, not when the answer came: conservative.
+            visible_until=sent_at + visibility_seconds,
+            first_received_epoch=first.timestamp() if first is not None else time.time(),
+        )
+
+    @property
+    def message_id(self) -> str:
+        """The SQS message id."""
+        return self.message.message_id

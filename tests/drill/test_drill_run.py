@@ -1,0 +1,111 @@
+"""Whole drills against the example worker: one that passes, and broken workers that must fail.
+
+Each runs ``fargate-runtime drill`` as a child process against the session's moto server and
+Redis, small and fast (tens of events, short intervals), and reads its ``--json`` figures.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from tests.processes import REPO
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+pytestmark = [pytest.mark.process, pytest.mark.integration]
+
+
+def drill(
+    tmp_path: Path, sqs_endpoint: str, redis_url: str, *flags: str, timeout: float = 90
+) -> tuple[int, str, dict[str, Any]]:
+    """Run a drill; return its exit code, its stdout (the report) and its JSON figures."""
+    report = tmp_path / "report.json"
+    argv = [
+        sys.executable, "-m", "fargate_runtime.cli", "drill",
+        "--sqs-endpoint", sqs_endpoint, "--redis-url", redis_url,
+        "--json", str(report), "--work-dir", str(tmp_path / "run"), "--quiet",
+        "--events-per-second", "25", "--seed", "7",
+        # A resent event waits 1 s (not 5) for its first copy to finish: a shorter tail.
+        "--worker-env", "FARGATE_RUNTIME_SQS_IN_PROGRESS_DELAY_SECONDS=1", *flags,
+    ]  # fmt: skip
+    done = subprocess.run(
+        argv, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert report.exists(), f"no report; stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    return done.returncode, done.stdout, json.loads(report.read_text())
+
+
+def test_interrupted_workers_lose_nothing_and_charge_once(
+    tmp_path: Path, sqs_endpoint: str, redis_url: str
+) -> None:
+    """Two workers SIGTERMed and replaced mid-stream: every event charged once, exit 0."""
+    html = tmp_path / "drill.html"
+    code, out, figures = drill(
+        tmp_path, sqs_endpoint, redis_url,
+        "--events", "80", "--workers", "2", "--duplicates-share", "0.2",
+        "--first-interrupt", "1.0", "--interrupt-every", "1.5,2", "--html", str(html),
+    )  # fmt: skip
+    assert code == 0, out
+    assert figures["unique_events"] == figures["charged"] == 80
+    assert figures["duplicates_sent"] == 16
+    assert (figures["lost"], figures["double_charges"], figures["overruns"]) == (0, 0, 0)
+    assert figures["duplicate_attempts"] == 0, out
+    assert figures["sigterms"] >= 3  # at least one interruption + the 2 workers at the end
+    assert 0 < figures["drain_seconds_max"] <= figures["drain_budget_seconds"]
+    assert "PASSED" in out
+    assert html.read_text().count('class="worker"') >= 4
+
+
+def test_chaos_kills_restart_and_poison_are_survived_and_explained(
+    tmp_path: Path, sqs_endpoint: str, redis_url: str
+) -> None:
+    """Hard kills, a Redis restart, malformed messages: nothing lost or double charged."""
+    code, out, figures = drill(
+        tmp_path, sqs_endpoint, redis_url,
+        "--events", "60", "--workers", "2", "--hard-kill-share", "1", "--restart-redis",
+        "--malformed-share", "0.1", "--first-interrupt", "1.0", "--interrupt-every", "1,1.2",
+        # Killed workers' messages come back after the visibility timeout: keep it short.
+        "--worker-env", "FARGATE_RUNTIME_SQS_VISIBILITY_TIMEOUT_SECONDS=4",
+    )  # fmt: skip
+    assert code == 0, out
+    assert (figures["lost"], figures["double_charges"]) == (0, 0)
+    assert figures["chaos_kills"] >= 2
+    assert figures["charged"] == 60
+    assert figures["dead_lettered"] >= 6  # the 6 malformed ones at least
+    assert "NOT EXPLAINED" not in out
+
+
+def test_a_worker_deaf_to_sigterm_overruns_and_fails(
+    tmp_path: Path, sqs_endpoint: str, redis_url: str
+) -> None:
+    """A worker that ignores SIGTERM is SIGKILLed at the stop timeout; the report says why."""
+    code, out, figures = drill(
+        tmp_path, sqs_endpoint, redis_url,
+        "--worker", "tests.drill.apps:deaf", "--events", "20", "--workers", "1",
+        "--duplicates-share", "0", "--first-interrupt", "100", "--stop-timeout", "9",
+    )  # fmt: skip
+    assert code == 1, out
+    assert figures["overruns"] == 1
+    assert figures["lost"] == 0
+    assert "never logged phase draining" in out
+
+
+def test_a_worker_without_idempotency_double_charges_and_fails(
+    tmp_path: Path, sqs_endpoint: str, redis_url: str
+) -> None:
+    """The example's no-idempotency mode charges duplicates again; the drill names the cause."""
+    code, out, figures = drill(
+        tmp_path, sqs_endpoint, redis_url,
+        "--worker-env", "PAYMENTS_UNSAFE=no-idempotency", "--events", "40",
+        "--duplicates-share", "0.5", "--workers", "2", "--first-interrupt", "100",
+    )  # fmt: skip
+    assert code == 1, out
+    assert figures["double_charges"] > 0
+    assert figures["duplicate_attempts"] >= figures["double_charges"]
+    assert "stable idempotency key" in out
