@@ -38,7 +38,7 @@ bench: $(STAMP) redis-server
 	$(BIN)/python -m bench
 
 demo: $(STAMP) redis-server
-	$(BIN)/fargate-runtime drill
+	$(BIN)/fargate-runtime drill --json drill-report.json --html drill-report.html
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -241,7 +241,7 @@ def main() -> dict[str, object]:
             client.delete(*keys[start : start + 1000])
         client.close()
         if private is not None:
-            private.stop()
+            private.close()
     results: dict[str, Any] = {
         "rps_plain": round(plain["rps"], 1),
         "rps_idempotent": round(idempotent["rps"], 1),

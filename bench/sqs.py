@@ -23,7 +23,6 @@ slows down linearly with queue depth).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import statistics
@@ -34,8 +33,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from typing import Any
 
 import aioboto3
 import botocore.session
@@ -44,13 +42,9 @@ from aws_sqs_consumer import Consumer as PeerConsumer
 
 from fargate_runtime.idempotency import Idempotency, RedisStore
 from fargate_runtime.lifecycle import Lifecycle
-from fargate_runtime.local import MotoServer, RedisServer, redis_answers, sqs_environment
+from fargate_runtime.local import MotoServer, answering_redis, sqs_environment
 from fargate_runtime.settings import ShutdownBudget
 from fargate_runtime.sqs import Consumer, Message, MessageContext, SqsSettings, json_field
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator
-
 
 RESULTS = Path(__file__).parent / "results" / "sqs.json"
 REPO = Path(__file__).resolve().parent.parent
@@ -345,20 +339,9 @@ def _rss_mb(pid: int) -> float:
 # --- main ----------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _redis() -> Iterator[str]:
-    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
-    parts = urlsplit(url)
-    if redis_answers(parts.hostname or "127.0.0.1", parts.port or 6379):
-        yield url
-        return
-    with RedisServer() as server:
-        yield server.url
-
-
 def main() -> dict[str, object]:
     """Run everything, print the table, write ``bench/results/sqs.json``."""
-    with _redis() as redis_url, MotoServer() as moto:
+    with answering_redis() as redis_url, MotoServer() as moto:
         os.environ.update(sqs_environment(moto.endpoint_url))
         endpoint = moto.endpoint_url
         requests = {

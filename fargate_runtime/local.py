@@ -6,6 +6,7 @@ and are stopped by their context manager; nothing here talks to anything but 127
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -16,19 +17,26 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
+from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
     from types import TracebackType
 
 __all__ = [
+    "DEFAULT_REDIS_URL",
     "LocalServiceError",
     "MotoServer",
     "RedisServer",
+    "answering_redis",
     "free_port",
     "redis_answers",
+    "redis_url_answers",
     "sqs_environment",
 ]
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379"
 
 _START_TIMEOUT_SECONDS = 15.0
 
@@ -54,14 +62,36 @@ def redis_answers(host: str, port: int, *, timeout_seconds: float = 0.5) -> bool
         return False
 
 
+def redis_url_answers(url: str) -> bool:
+    """True when the Redis server of a ``redis://`` URL answers PING."""
+    parts = urlsplit(url)
+    return redis_answers(parts.hostname or "127.0.0.1", parts.port or 6379)
+
+
+@contextlib.contextmanager
+def answering_redis(url: str | None = None) -> Iterator[str]:
+    """Yield the URL of a Redis that answers: ``url`` (default ``$REDIS_URL``, then
+    127.0.0.1:6379) when it does, otherwise a private ``redis-server`` kept for the block."""
+    wanted = url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+    if redis_url_answers(wanted):
+        yield wanted
+        return
+    with RedisServer() as server:
+        yield server.url
+
+
 class _Process:
-    """A child server process stopped on exit (SIGTERM, then SIGKILL)."""
+    """A child server process: started by ``start()``, stopped (SIGTERM, then SIGKILL) on exit."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int | None) -> None:
         self.process: subprocess.Popen[bytes] | None = None
-        self.port = 0
+        self.port = port or free_port()
 
-    def _stop(self) -> None:
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop the server; whatever it held in memory is gone."""
         if self.process is None:
             return
         self.process.terminate()
@@ -72,13 +102,44 @@ class _Process:
             self.process.wait()
         self.process = None
 
+    def close(self) -> None:
+        """Stop for good (what ``__exit__`` calls)."""
+        self.stop()
+
+    def _spawn(self, argv: list[str], *, ready: Callable[[], bool], hint: str) -> None:
+        """Start ``argv`` and poll ``ready`` until it holds; stop and raise if it never does."""
+        self.process = subprocess.Popen(  # noqa: S603 - a fixed argument list, no shell
+            argv,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, **sqs_environment(f"http://127.0.0.1:{self.port}")},
+        )
+        deadline = time.monotonic() + _START_TIMEOUT_SECONDS
+        # Polled: a server announces readiness only by answering.
+        while not ready():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise LocalServiceError(f"{hint} did not start on port {self.port}")
+            time.sleep(0.02)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
 
 class RedisServer(_Process):
     """A private ``redis-server`` on a free loopback port, keeping nothing on disk."""
 
     def __init__(self, *, port: int | None = None, executable: str = "redis-server") -> None:
-        super().__init__()
-        self.port = port or free_port()
+        super().__init__(port)
         self._executable = executable
         self._dir: tempfile.TemporaryDirectory[str] | None = None
 
@@ -97,49 +158,17 @@ class RedisServer(_Process):
             )
         if self._dir is None:
             self._dir = tempfile.TemporaryDirectory(prefix="fargate-runtime-redis-")
-        self.process = subprocess.Popen(  # noqa: S603 - a fixed argument list, no shell
-            [
-                binary,
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self._dir.name,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + _START_TIMEOUT_SECONDS
-        while not redis_answers("127.0.0.1", self.port):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self._stop()
-                raise LocalServiceError(f"redis-server did not start on port {self.port}")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        """Stop the server (its data is gone: nothing is persisted)."""
-        self._stop()
+        argv = [binary, "--bind", "127.0.0.1", "--port", str(self.port)]
+        argv += ["--save", "", "--appendonly", "no", "--dir", self._dir.name]
+        self._spawn(argv, ready=lambda: redis_answers("127.0.0.1", self.port), hint="redis-server")
 
     def restart(self) -> None:
         """Stop and start again on the same port, empty."""
         self.stop()
         self.start()
 
-    def __enter__(self) -> RedisServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def close(self) -> None:
+        """Stop and remove the working directory."""
         self.stop()
         if self._dir is not None:
             self._dir.cleanup()
@@ -152,8 +181,7 @@ class MotoServer(_Process):
     region = "us-east-1"
 
     def __init__(self, *, port: int | None = None) -> None:
-        super().__init__()
-        self.port = port or free_port()
+        super().__init__(port)
 
     @property
     def endpoint_url(self) -> str:
@@ -164,46 +192,20 @@ class MotoServer(_Process):
         """Start and wait until it answers HTTP."""
         moto = Path(sys.executable).with_name("moto_server")
         command = [str(moto)] if moto.exists() else [sys.executable, "-m", "moto.server"]
-        self.process = subprocess.Popen(  # noqa: S603 - a fixed argument list, no shell
-            [*command, "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env={**os.environ, **sqs_environment(self.endpoint_url)},
-        )
-        deadline = time.monotonic() + _START_TIMEOUT_SECONDS
-        while True:
-            try:
-                # Loopback only; the URL is built from our own port number.
-                with urllib.request.urlopen(  # noqa: S310
-                    self.endpoint_url + "/moto-api/", timeout=0.5
-                ):
-                    return
-            except urllib.error.HTTPError:
-                return  # it answered HTTP: it is up
-            except OSError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self._stop()
-                raise LocalServiceError(
-                    f"moto_server did not start on port {self.port}: install moto[server]"
-                )
-            time.sleep(0.05)
+        argv = [*command, "-H", "127.0.0.1", "-p", str(self.port)]
+        self._spawn(argv, ready=self._answers_http, hint="moto_server (pip install moto[server])")
 
-    def stop(self) -> None:
-        """Stop the server; its queues are gone."""
-        self._stop()
-
-    def __enter__(self) -> MotoServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def _answers_http(self) -> bool:
+        try:
+            # Loopback only; the URL is built from our own port number.
+            with urllib.request.urlopen(  # noqa: S310
+                self.endpoint_url + "/moto-api/", timeout=0.5
+            ):
+                return True
+        except urllib.error.HTTPError:
+            return True  # it answered HTTP: it is up
+        except OSError:
+            return False
 
 
 def sqs_environment(endpoint_url: str, region: str = MotoServer.region) -> dict[str, str]:

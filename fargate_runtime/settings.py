@@ -117,14 +117,18 @@ class RuntimeSettings(BaseSettings):
         return logging.getLevelNamesMapping()[self.log_level]
 
 
+# Values of fields whose names hold these words may carry credentials: never echo them.
+_SENSITIVE_WORDS = ("secret", "password", "token", "url", "key", "auth")
+
+
 def _describe(cls: type[BaseSettings], exc: ValidationError) -> str:
     prefix = str(cls.model_config.get("env_prefix", ""))
     problems = []
     for error in exc.errors():
         field = ".".join(str(part) for part in error["loc"])
         name = f"{prefix}{field}".upper() if field else cls.__name__
-        value = error.get("input")
-        shown = "" if field and "secret" in field.lower() else f" (got {value!r})"
+        sensitive = any(word in field.lower() for word in _SENSITIVE_WORDS)
+        shown = " (value hidden)" if sensitive else f" (got {error.get('input')!r})"
         problems.append(f"{name}: {error['msg']}{shown}")
     return "; ".join(problems)
 

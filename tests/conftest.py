@@ -10,12 +10,11 @@ from __future__ import annotations
 import os
 import uuid
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 import pytest
 import redis.asyncio
 
-from fargate_runtime.local import MotoServer, RedisServer, redis_answers, sqs_environment
+from fargate_runtime.local import MotoServer, RedisServer, answering_redis, sqs_environment
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -24,13 +23,8 @@ if TYPE_CHECKING:
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """URL of a Redis server that answers, started privately when none does."""
-    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
-    parts = urlsplit(url)
-    if redis_answers(parts.hostname or "127.0.0.1", parts.port or 6379):
+    with answering_redis() as url:
         yield url
-        return
-    with RedisServer() as server:
-        yield server.url
 
 
 @pytest.fixture

@@ -131,3 +131,16 @@ class Child:
 def runtime_argv(app: str) -> list[str]:
     """argv that runs ``fargate-runtime run APP`` with this interpreter."""
     return [sys.executable, "-m", "fargate_runtime.cli", "run", app]
+
+
+def namespace_init(unshare_pid: int, *, timeout: float = 10.0) -> int:
+    """The host pid of PID 1 of the namespace that ``unshare --fork`` (``unshare_pid``) made."""
+    children = Path(f"/proc/{unshare_pid}/task/{unshare_pid}/children")
+    deadline = time.monotonic() + timeout
+    # Polled: /proc is the only place the forked child's pid shows up.
+    while time.monotonic() < deadline:
+        pids = children.read_text().split()
+        if pids:
+            return int(pids[0])
+        time.sleep(0.01)
+    raise TimeoutError("unshare did not fork its child")

@@ -17,12 +17,17 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import aioboto3
 import redis.asyncio
 
-from ..local import LocalServiceError, MotoServer, RedisServer, redis_answers, sqs_environment
+from ..local import (
+    LocalServiceError,
+    MotoServer,
+    RedisServer,
+    redis_url_answers,
+    sqs_environment,
+)
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -148,11 +153,9 @@ class Components:
                 raise ComponentsError(str(exc)) from exc
             self.sqs_endpoint_url = self.moto.endpoint_url
         url = self.redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
-        if not self.private_redis:
-            parts = urlsplit(url)
-            if redis_answers(parts.hostname or "127.0.0.1", parts.port or 6379):
-                self.redis_url = url
-                return
+        if not self.private_redis and redis_url_answers(url):
+            self.redis_url = url
+            return
         if shutil.which("redis-server") is None:
             why = (
                 "--restart-redis needs a private Redis it may restart"
@@ -294,5 +297,5 @@ class Components:
             self._client = None
         servers: list[MotoServer | RedisServer] = [s for s in (self.redis, self.moto) if s]
         for server in servers:
-            await asyncio.to_thread(server.__exit__, None, None, None)
+            await asyncio.to_thread(server.close)
         self.redis = self.moto = None

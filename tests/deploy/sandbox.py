@@ -16,8 +16,9 @@ import shutil
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from tests.processes import namespace_init
 
 __all__ = ["UID", "can_sandbox", "namespace_init", "sandbox_argv", "status_field"]
 
@@ -76,7 +77,8 @@ def sandbox_argv(command: list[str], *, stage: Path, env: dict[str, str]) -> lis
         f"mount -o remount,bind,ro {q(str(prefix))}",
         f"mount --bind {q(str(REPO))} {q(str(REPO))}",
         f"mount -o remount,bind,ro {q(str(REPO))}",
-        "mount -t tmpfs -o mode=1777,size=64m tmpfs /tmp",
+        # The sandbox replaces /tmp itself; nothing is written to the host's /tmp here.
+        *_fresh_tmp(q(str(REPO)), inside_tmp=REPO.is_relative_to("/tmp")),  # noqa: S108
         f"cd {q(str(REPO))}",
         # exec all the way down: the command itself becomes PID 1.
         f"exec setpriv --reuid={UID} --regid={UID} --clear-groups --no-new-privs "
@@ -89,16 +91,26 @@ def sandbox_argv(command: list[str], *, stage: Path, env: dict[str, str]) -> lis
     ]  # fmt: skip
 
 
-def namespace_init(unshare_pid: int, *, timeout: float = 10.0) -> int:
-    """The host pid of PID 1 of the namespace that ``unshare`` (``unshare_pid``) created."""
-    children = Path(f"/proc/{unshare_pid}/task/{unshare_pid}/children")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        pids = children.read_text().split()
-        if pids:
-            return int(pids[0])
-        time.sleep(0.01)
-    raise TimeoutError("unshare did not fork its child")
+def _fresh_tmp(repo: str, *, inside_tmp: bool) -> list[str]:
+    """Steps that put an empty tmpfs on /tmp, keeping the repository if it lives under /tmp.
+
+    A checkout under /tmp (CI clones there) would vanish under the new tmpfs: it is parked on
+    a scratch mount first, then bound back read-only at the same path inside the new /tmp.
+    """
+    tmpfs = "mount -t tmpfs -o mode=1777,size=64m tmpfs /tmp"
+    if not inside_tmp:
+        return [tmpfs]
+    return [
+        "mount -t tmpfs -o size=1m tmpfs /mnt",
+        "mkdir /mnt/repo",
+        f"mount --bind {repo} /mnt/repo",
+        tmpfs,
+        f"mkdir -p {repo}",
+        f"mount --bind /mnt/repo {repo}",
+        f"mount -o remount,bind,ro {repo}",
+        "umount /mnt/repo",
+        "umount /mnt",
+    ]
 
 
 def status_field(pid: int, name: str) -> list[str]:

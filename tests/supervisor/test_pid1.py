@@ -11,12 +11,11 @@ import os
 import shutil
 import signal
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.processes import Child, runtime_argv
+from tests.processes import Child, namespace_init, runtime_argv
 
 
 def _can_unshare() -> bool:
@@ -32,18 +31,6 @@ pytestmark = [
         not _can_unshare(), reason="unshare --pid needs root or user namespaces (util-linux)"
     ),
 ]
-
-
-def namespace_init(unshare_pid: int, *, timeout: float = 10.0) -> int:
-    """The host pid of the process that is PID 1 inside the namespace ``unshare`` made."""
-    deadline = time.monotonic() + timeout
-    children = Path(f"/proc/{unshare_pid}/task/{unshare_pid}/children")
-    while time.monotonic() < deadline:
-        pids = children.read_text().split()
-        if pids:
-            return int(pids[0])
-        time.sleep(0.01)
-    raise TimeoutError("unshare did not fork its child")
 
 
 def ns_pid(host_pid: int) -> int:

@@ -56,3 +56,25 @@ def test_invalid_values_name_the_variable_and_value(
         load_settings(RuntimeSettings)
     assert name in str(raised.value)
     assert value in str(raised.value)
+
+
+def test_values_of_credential_like_settings_are_never_echoed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bad value of a URL/password/token setting is named but not shown (it may hold secrets)."""
+    from pydantic_settings import BaseSettings, SettingsConfigDict
+
+    class CacheSettings(BaseSettings):
+        model_config = SettingsConfigDict(env_prefix="CACHE_")
+        redis_url: int = 0
+        pool_size: int = 1
+
+    monkeypatch.setenv("CACHE_REDIS_URL", "redis://:hunter2@cache:6379")
+    monkeypatch.setenv("CACHE_POOL_SIZE", "many")
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings(CacheSettings)
+    message = str(raised.value)
+    assert "CACHE_REDIS_URL" in message
+    assert "hunter2" not in message
+    assert "(value hidden)" in message
+    assert "'many'" in message

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 
 import pytest
 
+from fargate_runtime.local import free_port
 from tests.processes import Child, runtime_argv
 
 pytestmark = pytest.mark.process
@@ -151,3 +153,33 @@ def test_unknown_app_exits_78() -> None:
         code = child.wait(timeout=20)
     assert code == 78, child.output()
     assert "no_such_app" in child.output()
+
+
+def healthcheck(port: int, path: str = "/healthz") -> int:
+    """Exit code of ``fargate-runtime healthcheck``, run the way a container HEALTHCHECK runs it."""
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "fargate_runtime.cli", "healthcheck", "--path", path]
+    return subprocess.run(
+        argv, env={**os.environ, "FARGATE_RUNTIME_HEALTH_PORT": str(port)}, check=False
+    ).returncode
+
+
+def test_healthcheck_command_follows_liveness_and_readiness() -> None:
+    """The healthcheck command exits 0 for a live, ready worker and 1 once it is gone."""
+    port = free_port()
+    with start("busy", TEST_WORK_SECONDS="4", FARGATE_RUNTIME_HEALTH_PORT=str(port)) as child:
+        child.wait_for_message("work started")
+        live_running = healthcheck(port)
+        ready_running = healthcheck(port, "/readyz")
+        child.signal(signal.SIGTERM)
+        child.wait_for(lambda line: line.get("phase") == "draining")
+        live_draining = healthcheck(port)
+        ready_draining = healthcheck(port, "/readyz")
+        code = child.wait(timeout=15)
+    assert code == 0, child.output()
+    assert (live_running, ready_running) == (0, 0)
+    # Draining is alive (ECS must not replace a task mid-drain) but not ready.
+    assert (live_draining, ready_draining) == (0, 1)
+    assert healthcheck(port) == 1
