@@ -12,6 +12,12 @@
   ``OVERHEAD_ROUNDS`` wall-clock rounds. Target >= 5,000 msg/s. The machine is shared, so
   ``overhead_cpu_messages_per_second`` (messages per CPU second of the consumer's process)
   is reported beside it: it moves much less with other load.
+- ``overhead_messages_per_second_telemetry``: the same, in a second child process with
+  telemetry on (the SDK's tracer and meter providers, installed by ``Telemetry`` with an
+  in-memory span exporter, exporting each span as it ends, and an in-memory metric reader):
+  one consumer span per message, continuing the ``traceparent`` every stub message carries,
+  and the consumer's metrics. A child process each, because OpenTelemetry's global providers
+  can be set only once per process.
 - ``idle_rss_mb`` and ``start_to_ready_seconds``: the example worker under
   ``fargate-runtime run``, from process start to the consumer's "sqs consumer started" line,
   then its resident set after a moment idle. Targets <= 90 MB and <= 1.5 s.
@@ -39,12 +45,15 @@ import aioboto3
 import botocore.session
 import redis.asyncio
 from aws_sqs_consumer import Consumer as PeerConsumer
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from fargate_runtime.idempotency import Idempotency, RedisStore
 from fargate_runtime.lifecycle import Lifecycle
 from fargate_runtime.local import MotoServer, answering_redis, sqs_environment
 from fargate_runtime.settings import ShutdownBudget
 from fargate_runtime.sqs import Consumer, Message, MessageContext, SqsSettings, json_field
+from fargate_runtime.telemetry import Telemetry, TelemetrySettings
 
 RESULTS = Path(__file__).parent / "results" / "sqs.json"
 REPO = Path(__file__).resolve().parent.parent
@@ -204,6 +213,14 @@ class StubSqs:
                 "ReceiptHandle": f"rh-{run}-{index}",
                 "Body": _body(index, run),
                 "Attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "1700000000000"},
+                # A producer's context, as inject_sqs_attributes writes it: with telemetry on,
+                # every consumer span continues it (the extraction is part of the cost).
+                "MessageAttributes": {
+                    "traceparent": {
+                        "DataType": "String",
+                        "StringValue": f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01",
+                    }
+                },
             }
             for index in range(total)
         ]
@@ -224,6 +241,11 @@ class StubSqs:
 
     async def change_message_visibility_batch(self, **request: Any) -> dict[str, Any]:
         return {"Successful": [{"Id": e["Id"]} for e in request["Entries"]], "Failed": []}
+
+    async def get_queue_attributes(self, **request: Any) -> dict[str, Any]:
+        # The backlog gauge's read (telemetry on: once at start, then once a minute).
+        left = len(self._messages) - self._next
+        return {"Attributes": {"ApproximateNumberOfMessages": str(max(0, left))}}
 
 
 async def _overhead(redis_url: str) -> float:
@@ -260,19 +282,40 @@ async def _overhead(redis_url: str) -> float:
     return OVERHEAD_MESSAGES / elapsed
 
 
-def _overhead_child(redis_url: str) -> None:
+def _overhead_child(redis_url: str, *, telemetry: bool = False) -> None:
     """Entry point of the pinned child process: print wall and CPU rates per round as JSON."""
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})
+    spans = _install_telemetry() if telemetry else None
     wall, cpu = [], []
     for _ in range(OVERHEAD_ROUNDS):
         cpu_started = time.process_time()
         wall.append(asyncio.run(_overhead(redis_url)))
         cpu.append(OVERHEAD_MESSAGES / (time.process_time() - cpu_started))
+        if spans is not None:
+            # Every message made its span; then let go of them, so memory does not grow.
+            assert len(spans.get_finished_spans()) >= OVERHEAD_MESSAGES
+            spans.clear()
     print(json.dumps({"wall": wall, "cpu": cpu}))
 
 
-def _overhead_pinned(redis_url: str) -> dict[str, list[float]]:
-    code = f"from bench.sqs import _overhead_child; _overhead_child({redis_url!r})"
+def _install_telemetry() -> InMemorySpanExporter:
+    """Telemetry on for the rest of the process, exporting to memory; the span exporter."""
+    spans = InMemorySpanExporter()
+    telemetry = Telemetry(
+        TelemetrySettings(enabled=True),
+        service_name="bench",
+        span_exporter=spans,
+        metric_reader=InMemoryMetricReader(),
+    )
+    asyncio.run(telemetry.__aenter__())
+    return spans
+
+
+def _overhead_pinned(redis_url: str, *, telemetry: bool) -> dict[str, list[float]]:
+    code = (
+        "from bench.sqs import _overhead_child; "
+        f"_overhead_child({redis_url!r}, telemetry={telemetry!r})"
+    )
     output = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout
@@ -350,7 +393,9 @@ def main() -> dict[str, object]:
             "aws_sqs_consumer_batch10": _peer_requests(endpoint, batch_size=10),
             "aioboto3_plain_loop": asyncio.run(_plain_loop_requests(endpoint)),
         }
-        overhead = _overhead_pinned(redis_url)
+        # Side by side in the same run, one after the other on the same pinned core.
+        overhead = _overhead_pinned(redis_url, telemetry=False)
+        overhead_telemetry = _overhead_pinned(redis_url, telemetry=True)
         with tempfile.TemporaryDirectory() as scratch:
             starts = [
                 _worker_start(endpoint, redis_url, Path(scratch) / f"ledger{i}.sqlite3")
@@ -361,6 +406,15 @@ def main() -> dict[str, object]:
         "overhead_messages_per_second": round(statistics.median(overhead["wall"])),
         "overhead_cpu_messages_per_second": round(statistics.median(overhead["cpu"])),
         "overhead_rounds_messages_per_second": [round(rate) for rate in overhead["wall"]],
+        "overhead_messages_per_second_telemetry": round(
+            statistics.median(overhead_telemetry["wall"])
+        ),
+        "overhead_cpu_messages_per_second_telemetry": round(
+            statistics.median(overhead_telemetry["cpu"])
+        ),
+        "overhead_rounds_messages_per_second_telemetry": [
+            round(rate) for rate in overhead_telemetry["wall"]
+        ],
         "idle_rss_mb": round(statistics.median(rss for _, rss in starts), 1),
         "start_to_ready_seconds": round(statistics.median(ready for ready, _ in starts), 3),
         "targets": TARGETS,
@@ -387,6 +441,11 @@ def _print(results: dict[str, Any]) -> None:
         results["overhead_cpu_messages_per_second"],
     )
     print(f"overhead (one core, SQS stub, real Redis): {overhead} msg/s ({cpu} per CPU second)")
+    traced, traced_cpu = (
+        results["overhead_messages_per_second_telemetry"],
+        results["overhead_cpu_messages_per_second_telemetry"],
+    )
+    print(f"  same, telemetry on (in-memory export): {traced} msg/s ({traced_cpu} per CPU second)")
     print(f"idle worker RSS: {results['idle_rss_mb']} MB")
     print(f"start to ready:  {results['start_to_ready_seconds']} s")
     print(f"targets: {results['targets']}")

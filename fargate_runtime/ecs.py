@@ -51,6 +51,20 @@ class TaskIdentity:
         }
         return {name: value for name, value in fields.items() if value}
 
+    def resource_attributes(self) -> dict[str, str]:
+        """OpenTelemetry resource attributes (semantic conventions for AWS ECS and cloud)."""
+        attributes = {
+            "cloud.provider": "aws",
+            "cloud.platform": "aws_ecs",
+            "aws.ecs.task.arn": self.task_arn,
+            "aws.ecs.cluster.arn": self.cluster,
+            "aws.ecs.task.family": self.family,
+            "aws.ecs.task.revision": self.revision,
+            "aws.ecs.launchtype": self.launch_type.lower() if self.launch_type else None,
+            "cloud.availability_zone": self.availability_zone,
+        }
+        return {name: value for name, value in attributes.items() if value}
+
     @classmethod
     def from_document(cls, document: Any) -> TaskIdentity:
         """Build from the v4 ``/task`` JSON document; raise ValueError when it is not one."""

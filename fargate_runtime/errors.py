@@ -4,6 +4,7 @@ Every error the runtime raises derives from one root, and a caller acts on one o
 
     FargateRuntimeError
     ├── ConfigurationError            bad settings; the process exits 78 at start
+    ├── StartupError                  a resource or app failed to start (ASGI lifespan startup)
     ├── ShutdownError                 the supervisor could not run or stop as asked
     │   └── SignalHandlingError       signal handlers cannot be installed (not the main thread)
     ├── IdempotencyError
@@ -38,6 +39,7 @@ __all__ = [
     "ShutdownError",
     "SignalHandlingError",
     "SqsError",
+    "StartupError",
     "StoreUnavailableError",
 ]
 
@@ -48,6 +50,10 @@ class FargateRuntimeError(Exception):
 
 class ConfigurationError(FargateRuntimeError):
     """Settings are invalid or do not fit together; the process must not start (exit 78)."""
+
+
+class StartupError(FargateRuntimeError):
+    """A resource or the hosted app failed to start; the process exits 1 before serving."""
 
 
 class ShutdownError(FargateRuntimeError):

@@ -220,7 +220,7 @@ class Supervisor:
         runtime._services.extend(self._services)
         run = self._run = _Run(runtime, self._setups)
         with _signal_handlers(run.on_signal, enabled=self._handle_signals):
-            await _identify()
+            run.identity = await _identify()
             return await run.serve()
 
 
@@ -234,6 +234,7 @@ class _Run:
         self.cancel_now = asyncio.Event()
         self.crashed = False
         self.phase_started = time.monotonic()
+        self.identity: ecs.TaskIdentity | None = None
         self.shutdown_span: trace.Span | None = None
 
     async def serve(self) -> ExitCode:
@@ -261,6 +262,7 @@ class _Run:
                 load_settings(TelemetrySettings),
                 service_name=settings.service_name,
                 lifecycle=lifecycle,
+                resource_attributes=self.identity.resource_attributes() if self.identity else None,
             )
             await runtime.enter(telemetry, name="telemetry")
             for setup in self.setups:
@@ -448,8 +450,9 @@ def _await_stack(task: asyncio.Task[Any]) -> str:
     return "\n".join(lines)
 
 
-async def _identify() -> None:
-    """Add the ECS task identity to every log line, when the metadata endpoint is there."""
+async def _identify() -> ecs.TaskIdentity | None:
+    """Read the ECS task identity once; stamp it on every log line when there is one."""
     identity = await ecs.read_task_identity()
     if identity is not None:
         set_static(**identity.log_fields())
+    return identity

@@ -12,6 +12,7 @@ SQS's limit of 10 attributes) or the ``AWSTraceHeader`` system attribute X-Ray s
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -37,15 +38,20 @@ if TYPE_CHECKING:
     from .lifecycle import Lifecycle
 
 __all__ = [
+    "IDEMPOTENCY_OUTCOME_ATTRIBUTE",
     "SQS_ATTRIBUTE_LIMIT",
     "ConsumerMetrics",
+    "IdempotencyOutcome",
     "Telemetry",
     "TelemetrySettings",
     "drain_duration_histogram",
     "extract_sqs_context",
     "inject_sqs_attributes",
+    "mark_idempotency_outcome",
+    "metrics_enabled",
     "parse_aws_trace_header",
     "process_span",
+    "tracing_enabled",
 ]
 
 logger = logging.getLogger("fargate_runtime.telemetry")
@@ -55,6 +61,44 @@ INSTRUMENTATION_NAME = "fargate_runtime"
 # attribute, does not count).
 SQS_ATTRIBUTE_LIMIT = 10
 _TRACEPARENT = "traceparent"
+# The span attribute carrying an idempotency claim's outcome, for SQS messages and HTTP requests.
+IDEMPOTENCY_OUTCOME_ATTRIBUTE = "fargate_runtime.idempotency.outcome"
+
+
+class IdempotencyOutcome(enum.Enum):
+    """What the idempotency claim decided for one message or request (a span attribute)."""
+
+    CLAIMED = "claimed"  # the key is ours: the work runs
+    REPLAYED = "replayed"  # completed before: SQS deletes it unrun, HTTP replays the response
+    IN_PROGRESS = "in_progress"  # another owner holds it: SQS backs off, HTTP answers 409
+    MISMATCH = "mismatch"  # same key, other payload: SQS fails it, HTTP answers 422
+    STORE_ERROR = "store_error"  # the store failed: not run (fail closed), or run unclaimed
+
+
+def tracing_enabled() -> bool:
+    """True when a recording tracer provider is installed (the SDK's, normally).
+
+    The API's own providers hand out no-op spans; checking first skips the work of building
+    one (context extraction, attributes, context managers), which is not free per message.
+    """
+    provider = trace.get_tracer_provider()
+    return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+
+
+def metrics_enabled() -> bool:
+    """True when a meter provider other than the API's proxy or no-op one is installed.
+
+    Both of those live in ``opentelemetry.metrics`` (the proxy class is private), so the
+    provider's module tells them from the SDK's or any other real implementation.
+    """
+    return not type(metrics.get_meter_provider()).__module__.startswith("opentelemetry.metrics")
+
+
+def mark_idempotency_outcome(outcome: IdempotencyOutcome) -> None:
+    """Set the outcome on the current span, if one is recording (a no-op without telemetry)."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attribute(IDEMPOTENCY_OUTCOME_ATTRIBUTE, outcome.value)
 
 
 class TelemetrySettings(BaseSettings):
@@ -244,6 +288,11 @@ def extract_sqs_context(
     return None
 
 
+# Got once: a new tracer per message costs a fifth of the span. Until a provider is installed
+# this is the API's proxy, which picks the installed provider's tracer up on first use after.
+_TRACER = trace.get_tracer(INSTRUMENTATION_NAME)
+
+
 @contextlib.contextmanager
 def process_span(
     *,
@@ -251,14 +300,15 @@ def process_span(
     message_id: str,
     message_attributes: Mapping[str, Any],
     system_attributes: Mapping[str, str],
+    attributes: Mapping[str, str] | None = None,
 ) -> Iterator[trace.Span]:
     """A CONSUMER span ``process <queue>`` for one message, child of the producer's context.
 
-    Attributes follow the OpenTelemetry messaging conventions for SQS.
+    Attributes follow the OpenTelemetry messaging conventions for SQS; ``attributes`` adds
+    others (the idempotency outcome).
     """
     parent = extract_sqs_context(message_attributes, system_attributes)
-    tracer = trace.get_tracer(INSTRUMENTATION_NAME)
-    with tracer.start_as_current_span(
+    with _TRACER.start_as_current_span(
         f"process {queue_name}",
         context=parent,
         kind=trace.SpanKind.CONSUMER,
@@ -268,6 +318,7 @@ def process_span(
             "messaging.operation.type": "process",
             "messaging.operation.name": "process",
             "messaging.message.id": message_id,
+            **(attributes or {}),
         },
     ) as span:
         yield span
@@ -312,7 +363,10 @@ class ConsumerMetrics:
         self.backlog_per_task = meter.create_gauge(
             "fargate_runtime.sqs.backlog_per_task",
             unit="{message}",
-            description="approximate visible messages divided by running tasks",
+            # One task cannot know how many others run (task metadata has no desired or
+            # running count), so each reports the queue's visible backlog; the division by
+            # running tasks happens where the series meet (see the SQS worker's README).
+            description="approximate visible messages in the queue, as this task read them",
         )
 
     @property

@@ -1,7 +1,8 @@
 # Two roles, each with only what it needs:
 #   execution role: used by ECS to start the task (pull the image, create log streams, read
 #                   the secrets into the environment); the application never sees it.
-#   task role:      the application's credentials: consume its one queue, nothing else.
+#   task role:      the application's credentials: consume its one queue (and read its
+#                   backlog for the telemetry gauge), nothing else.
 
 data "aws_iam_policy_document" "ecs_tasks_assume" {
   statement {
@@ -62,13 +63,15 @@ resource "aws_iam_role" "task" {
 
 data "aws_iam_policy_document" "task" {
   statement {
-    # Receive, delete on success, change visibility (heartbeat, backoff, release at shutdown).
+    # Receive, delete on success, change visibility (heartbeat, backoff, release at shutdown);
+    # GetQueueAttributes reads the backlog gauge (only with telemetry on, once a minute).
     # The queue URL comes from the environment, so no GetQueueUrl; SSE-SQS needs no KMS grant.
     sid = "ConsumeQueue"
     actions = [
       "sqs:ReceiveMessage",
       "sqs:DeleteMessage",
       "sqs:ChangeMessageVisibility",
+      "sqs:GetQueueAttributes",
     ]
     resources = [aws_sqs_queue.main.arn]
   }

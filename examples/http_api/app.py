@@ -39,6 +39,7 @@ from fargate_runtime.http import (
     HttpSettings,
     IdempotencyMiddleware,
     RequestContextMiddleware,
+    TracingMiddleware,
     header_principal,
     idempotency_claim,
     serve_asgi,
@@ -167,7 +168,8 @@ def build_api(
     """The Starlette app; ``store=None`` leaves the Idempotency-Key middleware out (benchmarks)."""
     settings = settings or PaymentsApiSettings()
     api = _PaymentsApi(redis, settings)
-    middleware = [Middleware(RequestContextMiddleware)]
+    # Tracing outermost: the request's log lines and the idempotency outcome fall in its span.
+    middleware = [Middleware(TracingMiddleware), Middleware(RequestContextMiddleware)]
     if store is not None:
         middleware.append(
             Middleware(

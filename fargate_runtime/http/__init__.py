@@ -15,6 +15,7 @@
 ``serve_asgi`` answers ``/readyz`` 503 from the first SIGTERM, keeps serving for the lame duck,
 drains in-flight requests within the drain deadline and cuts what is left (exit 75).
 ``IdempotencyMiddleware`` makes POST/PATCH routes safe to retry with an ``Idempotency-Key``.
+``TracingMiddleware`` (outermost) opens a SERVER span per request when telemetry is on.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from .idempotency import (
 from .request_context import RequestContextMiddleware
 from .server import HttpServer, serve_asgi
 from .settings import HTTP_ENV_PREFIX, HttpIdempotencySettings, HttpSettings
+from .tracing import TracingMiddleware
 
 __all__ = [
     "HTTP_ENV_PREFIX",
@@ -40,6 +42,7 @@ __all__ = [
     "IdempotencyMiddleware",
     "Principal",
     "RequestContextMiddleware",
+    "TracingMiddleware",
     "header_principal",
     "idempotency_claim",
     "parse_key",

@@ -13,7 +13,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
-from ..errors import FargateRuntimeError
+from ..errors import StartupError
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -68,7 +68,7 @@ class AppLifespan:
         if answer.done() and not answer.cancelled():
             message = answer.result()
             if not str(message.get("type", "")).startswith(expected):
-                raise FargateRuntimeError(f"ASGI lifespan: expected {expected}.*, got {message}")
+                raise StartupError(f"ASGI lifespan: expected {expected}.*, got {message}")
             return message
         return None
 
@@ -88,12 +88,12 @@ class AppLifespan:
                     exc_info=error,
                 )
                 return self
-            raise FargateRuntimeError("ASGI lifespan ended during startup") from error
+            raise StartupError("ASGI lifespan ended during startup") from error
         if reply["type"] == "lifespan.startup.failed":
             # Starlette re-raises right after reporting the failure: let it, to chain the cause.
             error = await self._stop_task(grace_seconds=1.0)
             message = reply.get("message", "")
-            raise FargateRuntimeError(f"ASGI app startup failed: {message}") from error
+            raise StartupError(f"ASGI app startup failed: {message}") from error
         logger.info("ASGI app started")
         return self
 

@@ -42,6 +42,7 @@ from ..idempotency import (
     scoped_key,
 )
 from ..settings import load_settings
+from ..telemetry import IdempotencyOutcome, mark_idempotency_outcome
 from ._execution import Execution
 from ._keys import (
     STATE_NAME,
@@ -76,6 +77,13 @@ logger = logging.getLogger("fargate_runtime.http.idempotency")
 _HEADER = b"idempotency-key"
 _REPLAYED = (b"idempotent-replayed", b"true")
 _ANONYMOUS = "anonymous"
+# The outcome on the request's span (when one records): claimed, replayed, 409, 422.
+_OUTCOMES = {
+    ClaimStatus.ACQUIRED: IdempotencyOutcome.CLAIMED,
+    ClaimStatus.COMPLETED: IdempotencyOutcome.REPLAYED,
+    ClaimStatus.IN_PROGRESS: IdempotencyOutcome.IN_PROGRESS,
+    ClaimStatus.MISMATCH: IdempotencyOutcome.MISMATCH,
+}
 
 
 class IdempotencyMiddleware:
@@ -142,6 +150,7 @@ class IdempotencyMiddleware:
             return
         except _ClientGone:
             return  # nothing ran, nobody to answer
+        mark_idempotency_outcome(_OUTCOMES[claim.status])
         if claim.status is ClaimStatus.COMPLETED:
             await self._replay(send, claim.result or b"", key=stored_key)
         elif claim.status is ClaimStatus.IN_PROGRESS:
@@ -211,6 +220,7 @@ class IdempotencyMiddleware:
                 [request], owner=self._owner, lease_seconds=self._settings.lease_seconds
             )
         except StoreUnavailableError as exc:
+            mark_idempotency_outcome(IdempotencyOutcome.STORE_ERROR)
             logger.exception("idempotency store unavailable; request refused")
             raise _Problem(503, "idempotency_store_unavailable", "retry later", retry=True) from exc
         return claim

@@ -9,12 +9,15 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from opentelemetry import trace
-
 from ..errors import IdempotencyKeyError, MalformedMessageError
 from ..idempotency import ClaimRequest, ClaimStatus, FailurePolicy, Held
 from ..logging import bind_log_context
-from ..telemetry import process_span
+from ..telemetry import (
+    IDEMPOTENCY_OUTCOME_ATTRIBUTE,
+    IdempotencyOutcome,
+    process_span,
+    tracing_enabled,
+)
 from ._inflight import InFlight, MessageState
 from .backoff import Retry, clamp_visibility
 from .context import BatchContext, MessageContext
@@ -129,6 +132,7 @@ class Runner:
             )
             for item, _ in keyed:
                 if item.state is MessageState.RECEIVED:
+                    self._unrun(item, IdempotencyOutcome.STORE_ERROR)
                     self._holdings.back_off(item, seconds=self._settings.in_progress_delay_seconds)
             return
         metrics = self._metrics
@@ -142,6 +146,7 @@ class Runner:
             elif item.state is not MessageState.RECEIVED:
                 continue
             elif result.status is ClaimStatus.COMPLETED:
+                self._unrun(item, IdempotencyOutcome.REPLAYED)
                 self._stats.duplicates_completed += 1
                 metrics.duplicates.add(1, metrics.attributes)
                 logger.info(
@@ -150,6 +155,7 @@ class Runner:
                 )
                 self._holdings.delete(item)
             elif result.status is ClaimStatus.IN_PROGRESS:
+                self._unrun(item, IdempotencyOutcome.IN_PROGRESS)
                 self._stats.duplicates_in_progress += 1
                 metrics.duplicates.add(1, metrics.attributes)
                 logger.info(
@@ -158,6 +164,7 @@ class Runner:
                 )
                 self._holdings.back_off(item, seconds=self._settings.in_progress_delay_seconds)
             else:
+                self._unrun(item, IdempotencyOutcome.MISMATCH)
                 self._stats.payload_mismatches += 1
                 self._malformed(item, MalformedMessageError("same key, different payload"))
         if late:
@@ -174,6 +181,7 @@ class Runner:
             },
         )
         self._stats.failed += 1
+        self._metrics.failed.add(1, self._metrics.attributes)
         self._holdings.back_off(
             item, seconds=self._backoff.delay_seconds(item.message.receive_count)
         )
@@ -230,7 +238,7 @@ class Runner:
         try:
             with (
                 bind_log_context(message_id=item.message_id, idempotency_key=item.key),
-                self._span(message),
+                self._span(item, self._run_outcome(item)),
             ):
                 await self._handler(message, self._context(item))
         except Retry as signal:
@@ -282,20 +290,38 @@ class Runner:
             )
         )
 
-    def _span(self, message: Message) -> contextlib.AbstractContextManager[object]:
-        """A consumer span for ``message``; nothing while no tracer provider is installed.
+    def _span(
+        self, item: InFlight, outcome: IdempotencyOutcome | None
+    ) -> contextlib.AbstractContextManager[object]:
+        """A consumer span for ``item``; nothing while no tracer provider is installed.
 
         Without one every span is a no-op, and building it (context extraction, three context
         managers) would still cost about a sixth of the consumer's time per message.
         """
-        if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        if not tracing_enabled():
             return contextlib.nullcontext()
+        message = item.message
         return process_span(
             queue_name=self._settings.queue_name,
             message_id=message.message_id,
             message_attributes=_trace_attributes(message),
             system_attributes=message.system_attributes,
+            attributes=None if outcome is None else {IDEMPOTENCY_OUTCOME_ATTRIBUTE: outcome.value},
         )
+
+    def _run_outcome(self, item: InFlight) -> IdempotencyOutcome | None:
+        """The claim outcome of a message about to run (None without idempotency)."""
+        if self._keys is None:
+            return None
+        # Keyed but unclaimed and still running: the store failed under the fail-open policy.
+        if item.held is None:
+            return IdempotencyOutcome.STORE_ERROR
+        return IdempotencyOutcome.CLAIMED
+
+    def _unrun(self, item: InFlight, outcome: IdempotencyOutcome) -> None:
+        """A short span for a message its claim keeps from running, so its trace shows why."""
+        with self._span(item, outcome):
+            pass
 
     def _started(self, count: int) -> None:
         self._running += count

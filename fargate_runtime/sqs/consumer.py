@@ -31,6 +31,8 @@ import logging
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigurationError
+from ..telemetry import metrics_enabled
+from ._backlog import BacklogSampler
 from ._holdings import ConsumerStats, Holdings
 from ._inflight import MessageState
 from ._receiver import Receiver
@@ -118,6 +120,7 @@ class Consumer:
         self._runner: Runner | None = None
         self._receiver: Receiver | None = None
         self._completer: Completer | None = None
+        self._backlog: asyncio.Task[None] | None = None
 
     @property
     def stats(self) -> ConsumerStats:
@@ -185,6 +188,14 @@ class Consumer:
             accept=self._accept,
         )
         heartbeat = asyncio.create_task(self._holdings.heartbeat.run(), name="sqs-heartbeat")
+        if settings.backlog_interval_seconds > 0 and metrics_enabled():
+            sampler = BacklogSampler(
+                self._client,
+                queue_url=settings.queue_url,
+                interval_seconds=settings.backlog_interval_seconds,
+                metrics=self._holdings.metrics,
+            )
+            self._backlog = asyncio.create_task(sampler.run(), name="sqs-backlog")
         loops = {
             index: asyncio.create_task(receiver.loop(index), name=f"sqs-receive-{index}")
             for index in range(settings.receiver_count)
@@ -278,6 +289,9 @@ class Consumer:
         tasks = {*loops.values(), *self._tasks}
         for task in self._tasks:
             task.cancel()
+        if self._backlog is not None:
+            self._backlog.cancel()
+            tasks.add(self._backlog)
         if tasks:
             await asyncio.wait(tasks, timeout=_UNWIND_SECONDS)
         if self._completer is not None:

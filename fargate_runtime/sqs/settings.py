@@ -93,6 +93,9 @@ class SqsSettings(BaseSettings):
     abandon_receive_on_shutdown: bool = False
     # Attempts per delete / visibility entry before it is logged as given up.
     ack_attempts: int = Field(default=3, ge=1, le=10)
+    # With telemetry's metrics on: read the queue's visible backlog into the backlog gauge once
+    # per this many seconds (one GetQueueAttributes per task: 1,440 a day at 60 s); 0: never.
+    backlog_interval_seconds: float = Field(default=60.0, ge=0.0, le=3600.0)
 
     @model_validator(mode="after")
     def _consistent(self) -> SqsSettings:

@@ -239,13 +239,14 @@ def test_target_tracking_on_backlog_per_task(config: Config) -> None:
 
 
 def test_task_role_only_consumes_its_queue(config: Config) -> None:
-    """The task role may receive, delete and change visibility on its own queue, nothing else."""
+    """The task role may consume its own queue and read its backlog, nothing else."""
     statements = config.data("aws_iam_policy_document", "task")["statement"]
     assert len(statements) == 1
     (statement,) = statements
     assert sorted(statement["actions"]) == [
         "sqs:ChangeMessageVisibility",
         "sqs:DeleteMessage",
+        "sqs:GetQueueAttributes",
         "sqs:ReceiveMessage",
     ]
     assert statement["resources"] == ["${aws_sqs_queue.main.arn}"]

@@ -151,3 +151,16 @@ def test_log_lines_of_a_run_on_ecs_carry_the_task_identity(
     assert phases
     assert all(line["ecs_family"] == "payment-worker" for line in phases)
     assert all(line["ecs_revision"] == "42" for line in phases)
+
+
+def test_identity_as_opentelemetry_resource_attributes() -> None:
+    """The identity maps to the OpenTelemetry cloud and AWS ECS resource conventions."""
+    import json
+
+    identity = TaskIdentity.from_document(json.loads(RECORDED))
+    attributes = identity.resource_attributes()
+    assert attributes["cloud.platform"] == "aws_ecs"
+    assert attributes["aws.ecs.task.arn"] == TASK_ARN
+    assert attributes["aws.ecs.task.family"] == "payment-worker"
+    assert attributes["aws.ecs.launchtype"] == "fargate"
+    assert attributes["cloud.availability_zone"] == "us-east-1a"

@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+import json
+import logging
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import (
+    HistogramDataPoint,
+    InMemoryMetricReader,
+    NumberDataPoint,
+)
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from fargate_runtime.logging import JsonFormatter
 from fargate_runtime.telemetry import Telemetry, TelemetrySettings
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+# The attribute every data point of a consumer carries: with a queue per test, it tells this
+# test's points from the earlier tests' (the reader's sums are cumulative over the session).
+DESTINATION = "messaging.destination.name"
 
 
 class Recorded:
@@ -21,6 +32,37 @@ class Recorded:
     def __init__(self) -> None:
         self.spans = InMemorySpanExporter()
         self.metrics = InMemoryMetricReader()
+
+    def _points(self, name: str, queue_name: str) -> list[NumberDataPoint | HistogramDataPoint]:
+        data = self.metrics.get_metrics_data()
+        if data is None:
+            return []
+        return [
+            point
+            for resource_metrics in data.resource_metrics
+            for scope in resource_metrics.scope_metrics
+            for metric in scope.metrics
+            if metric.name == name
+            for point in metric.data.data_points
+            if isinstance(point, NumberDataPoint | HistogramDataPoint)
+            and (point.attributes or {}).get(DESTINATION) == queue_name
+        ]
+
+    def total(self, name: str, queue_name: str) -> float:
+        """The sum of a counter (or the last value of a gauge) for one queue; 0 when absent."""
+        return sum(
+            p.value for p in self._points(name, queue_name) if isinstance(p, NumberDataPoint)
+        )
+
+    def observations(self, name: str, queue_name: str) -> int:
+        """How many values a histogram recorded for one queue."""
+        return sum(
+            p.count for p in self._points(name, queue_name) if isinstance(p, HistogramDataPoint)
+        )
+
+    def has(self, name: str, queue_name: str) -> bool:
+        """True when the instrument has a data point for the queue."""
+        return bool(self._points(name, queue_name))
 
 
 @pytest.fixture(scope="session")
@@ -42,3 +84,33 @@ def recorded(_installed: Recorded) -> Recorded:
     """The session's exporters, emptied of earlier tests' spans."""
     _installed.spans.clear()
     return _installed
+
+
+class JsonLines(logging.Handler):
+    """Keeps every record as the JSON object the runtime's formatter makes of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(JsonFormatter())
+        self.lines: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # Formatted here, in the logging call's context: that is where the current span is.
+        self.lines.append(json.loads(self.format(record)))
+
+    def with_message(self, message: str) -> list[dict[str, Any]]:
+        """The lines whose message is ``message``."""
+        return [line for line in self.lines if line["message"] == message]
+
+
+@pytest.fixture
+def json_lines(caplog: pytest.LogCaptureFixture) -> Iterator[JsonLines]:
+    """JSON lines of everything logged at INFO and above during the test."""
+    captured = JsonLines()
+    root = logging.getLogger()
+    root.addHandler(captured)
+    try:
+        with caplog.at_level(logging.INFO):
+            yield captured
+    finally:
+        root.removeHandler(captured)

@@ -1,0 +1,280 @@
+"""SERVER spans of HTTP requests over a real socket: the example API, idempotency outcomes."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import uuid
+from typing import TYPE_CHECKING
+
+import httpx
+import pytest
+import redis.asyncio
+from opentelemetry import trace
+from opentelemetry.propagate import inject
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.responses import PlainTextResponse
+from starlette.routing import Mount, Route
+
+from examples.http_api.app import PaymentsApiSettings, build_api
+from fargate_runtime.http import (
+    IdempotencyMiddleware,
+    RequestContextMiddleware,
+    TracingMiddleware,
+    header_principal,
+)
+from fargate_runtime.idempotency import RedisStore
+from fargate_runtime.telemetry import IDEMPOTENCY_OUTCOME_ATTRIBUTE
+from tests.http.serving import served
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from opentelemetry.sdk.trace import ReadableSpan
+    from starlette.requests import Request
+
+    from fargate_runtime.local import RedisServer
+    from tests.telemetry.conftest import JsonLines, Recorded
+
+pytestmark = pytest.mark.integration
+
+TRACER = trace.get_tracer("tests")
+PAYMENT = {"amount": 1250, "currency": "EUR"}
+
+
+@pytest.fixture
+async def client(
+    redis_client: redis.asyncio.Redis, redis_prefix: str
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the example API served over a real socket, as API key ``demo``."""
+    api = build_api(
+        redis=redis_client,
+        store=RedisStore(redis_client),
+        settings=PaymentsApiSettings(key_prefix=redis_prefix),
+    )
+    async with (
+        served(api) as running,
+        httpx.AsyncClient(base_url=running.url, headers={"x-api-key": "demo"}) as http_client,
+    ):
+        yield http_client
+
+
+def caller_context() -> tuple[dict[str, str], trace.SpanContext]:
+    """Headers carrying a caller's span context (``traceparent``), and that context."""
+    headers: dict[str, str] = {}
+    with TRACER.start_as_current_span("caller", kind=trace.SpanKind.CLIENT) as caller:
+        inject(headers)
+    return headers, caller.get_span_context()
+
+
+def server_spans(recorded: Recorded) -> list[ReadableSpan]:
+    """Finished SERVER spans, oldest first."""
+    spans = recorded.spans.get_finished_spans()
+    return [span for span in spans if span.kind is trace.SpanKind.SERVER]
+
+
+def outcome_of(span: ReadableSpan) -> object:
+    """The idempotency outcome a span carries (None when it has none)."""
+    return (span.attributes or {}).get(IDEMPOTENCY_OUTCOME_ATTRIBUTE)
+
+
+async def test_request_span_continues_the_callers_trace(
+    recorded: Recorded, json_lines: JsonLines, client: httpx.AsyncClient
+) -> None:
+    """A POST with ``traceparent`` is served in a SERVER span, child of the caller's span."""
+    headers, caller = caller_context()
+    response = await client.post(
+        "/payments", json=PAYMENT, headers={**headers, "idempotency-key": uuid.uuid4().hex}
+    )
+    assert response.status_code == 201
+    (span,) = server_spans(recorded)
+    assert span.name == "POST /payments"
+    assert span.parent is not None
+    assert span.parent.span_id == caller.span_id
+    assert span.context.trace_id == caller.trace_id
+    assert span.attributes is not None
+    assert span.attributes["http.request.method"] == "POST"
+    assert span.attributes["url.path"] == "/payments"
+    assert span.attributes["url.scheme"] == "http"
+    assert span.attributes["http.route"] == "/payments"
+    assert span.attributes["http.response.status_code"] == 201
+    assert outcome_of(span) == "claimed"
+    assert span.status.status_code is trace.StatusCode.UNSET
+    # The request line and the app's own line are in the span (tracing is outermost).
+    for message in ("request", "payment created"):
+        (line,) = json_lines.with_message(message)
+        assert line["trace_id"] == f"{caller.trace_id:032x}"
+        assert line["span_id"] == f"{span.context.span_id:016x}"
+
+
+async def test_replay_and_mismatch_are_on_the_request_span(
+    recorded: Recorded, client: httpx.AsyncClient
+) -> None:
+    """A retry is marked ``replayed``, the same key with another body ``mismatch`` (422)."""
+    key = {"idempotency-key": uuid.uuid4().hex}
+    first = await client.post("/payments", json=PAYMENT, headers=key)
+    again = await client.post("/payments", json=PAYMENT, headers=key)
+    other = await client.post("/payments", json={**PAYMENT, "amount": 1}, headers=key)
+    assert [first.status_code, again.status_code, other.status_code] == [201, 201, 422]
+    assert again.headers["idempotent-replayed"] == "true"
+    spans = server_spans(recorded)
+    assert [outcome_of(span) for span in spans] == ["claimed", "replayed", "mismatch"]
+    assert [(span.attributes or {})["http.response.status_code"] for span in spans] == [
+        201,
+        201,
+        422,
+    ]
+
+
+async def test_route_template_names_the_span_and_unknown_paths_have_none(
+    recorded: Recorded, client: httpx.AsyncClient
+) -> None:
+    """``GET /payments/{payment_id}`` names the span by its template; a 404 is just ``GET``."""
+    created = await client.post(
+        "/payments", json=PAYMENT, headers={"idempotency-key": uuid.uuid4().hex}
+    )
+    fetched = await client.get(created.headers["location"])
+    missing = await client.get("/nowhere")
+    assert [fetched.status_code, missing.status_code] == [200, 404]
+    _, fetch, lost = server_spans(recorded)
+    assert fetch.name == "GET /payments/{payment_id}"
+    assert fetch.attributes is not None
+    assert fetch.attributes["http.route"] == "/payments/{payment_id}"
+    assert fetch.attributes["url.path"] == created.headers["location"]
+    assert outcome_of(fetch) is None  # GET is not guarded by Idempotency-Key
+    assert lost.name == "GET"
+    assert "http.route" not in (lost.attributes or {})
+
+
+async def test_in_progress_is_on_the_span_of_the_409(
+    recorded: Recorded, redis_client: redis.asyncio.Redis, redis_prefix: str
+) -> None:
+    """A duplicate while the first request runs answers 409, its span marked ``in_progress``."""
+    entered, finish = asyncio.Event(), asyncio.Event()
+
+    async def slow(request: Request) -> PlainTextResponse:
+        entered.set()
+        await finish.wait()
+        return PlainTextResponse("done")
+
+    app = Starlette(
+        routes=[Route("/slow", slow, methods=["POST"])],
+        middleware=[
+            Middleware(TracingMiddleware),
+            Middleware(
+                IdempotencyMiddleware,
+                store=RedisStore(redis_client),
+                principal=header_principal("x-api-key"),
+                prefix=redis_prefix,
+            ),
+        ],
+    )
+    key = {"idempotency-key": uuid.uuid4().hex}
+    async with served(app) as running, httpx.AsyncClient(base_url=running.url) as http:
+        first = asyncio.create_task(http.post("/slow", content=b"x", headers=key))
+        await entered.wait()
+        duplicate = await http.post("/slow", content=b"x", headers=key)
+        finish.set()
+        assert (await first).status_code == 200
+    assert duplicate.status_code == 409
+    busy, done = server_spans(recorded)  # the 409 ends first
+    assert (outcome_of(busy), outcome_of(done)) == ("in_progress", "claimed")
+    assert (busy.attributes or {})["http.response.status_code"] == 409
+
+
+async def test_store_error_is_on_the_span_of_the_503(
+    recorded: Recorded, private_redis: RedisServer, redis_prefix: str
+) -> None:
+    """With Redis down the request is refused (503): its span is an error, ``store_error``."""
+    store_client = redis.asyncio.Redis.from_url(private_redis.url, socket_connect_timeout=1)
+    private_redis.stop()
+    app = Starlette(
+        routes=[Route("/pay", lambda request: PlainTextResponse("ran"), methods=["POST"])],
+        middleware=[
+            Middleware(TracingMiddleware),
+            Middleware(RequestContextMiddleware),
+            Middleware(
+                IdempotencyMiddleware,
+                store=RedisStore(store_client),
+                principal=header_principal("x-api-key"),
+                prefix=redis_prefix,
+            ),
+        ],
+    )
+    try:
+        async with served(app) as running, httpx.AsyncClient(base_url=running.url) as http:
+            response = await http.post("/pay", headers={"idempotency-key": "k1"})
+    finally:
+        await store_client.aclose()
+    assert response.status_code == 503
+    (span,) = server_spans(recorded)
+    assert outcome_of(span) == "store_error"
+    assert span.status.status_code is trace.StatusCode.ERROR
+    assert (span.attributes or {})["error.type"] == "503"
+
+
+async def test_app_exception_marks_the_span(recorded: Recorded) -> None:
+    """An exception escaping the app is recorded on the span with its class as ``error.type``."""
+
+    async def broken(request: Request) -> PlainTextResponse:
+        raise LookupError("no such ledger")
+
+    app = Starlette(routes=[Route("/broken", broken)], middleware=[Middleware(TracingMiddleware)])
+    async with served(app) as running, httpx.AsyncClient(base_url=running.url) as http:
+        response = await http.get("/broken")
+    assert response.status_code == 500
+    (span,) = server_spans(recorded)
+    assert span.status.status_code is trace.StatusCode.ERROR
+    assert span.attributes is not None
+    assert span.attributes["error.type"] == "LookupError"
+    assert span.attributes["http.route"] == "/broken"
+    assert [event.name for event in span.events] == ["exception"]
+
+
+async def test_a_route_behind_a_mount_gets_no_route_attribute(recorded: Recorded) -> None:
+    """Behind a Mount the full template is unknown: no ``http.route`` rather than a wrong one."""
+
+    async def item(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(request.path_params["item_id"])
+
+    app = Starlette(
+        routes=[Mount("/v1", routes=[Route("/items/{item_id}", item)])],
+        middleware=[Middleware(TracingMiddleware)],
+    )
+    async with served(app) as running, httpx.AsyncClient(base_url=running.url) as http:
+        response = await http.get("/v1/items/7")
+    assert response.text == "7"
+    (span,) = server_spans(recorded)
+    assert span.name == "GET"
+    assert span.attributes is not None
+    assert "http.route" not in span.attributes
+    assert span.attributes["url.path"] == "/v1/items/7"
+
+
+def test_without_a_provider_requests_pass_straight_through() -> None:
+    """With telemetry off the middleware hands the app the very ``send`` it got: no wrapping."""
+    script = (
+        "import asyncio\n"
+        "from fargate_runtime.http import TracingMiddleware\n"
+        "from fargate_runtime.telemetry import metrics_enabled, tracing_enabled\n"
+        "seen = []\n"
+        "async def app(scope, receive, send):\n"
+        "    seen.append(send)\n"
+        "async def send(message):\n"
+        "    pass\n"
+        "scope = {'type': 'http', 'method': 'GET', 'path': '/', 'headers': []}\n"
+        "asyncio.run(TracingMiddleware(app)(scope, None, send))\n"
+        "print(seen == [send], tracing_enabled(), metrics_enabled())\n"
+        "from opentelemetry import metrics, trace\n"
+        "from opentelemetry.sdk.metrics import MeterProvider\n"
+        "from opentelemetry.sdk.trace import TracerProvider\n"
+        "trace.set_tracer_provider(TracerProvider())\n"
+        "metrics.set_meter_provider(MeterProvider())\n"
+        "print(tracing_enabled(), metrics_enabled())\n"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert output == ["True", "False", "False", "True", "True"]
