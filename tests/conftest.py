@@ -7,17 +7,24 @@ deleted afterwards, so a shared Redis is left as it was found.
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from typing import TYPE_CHECKING
 
+import aioboto3
 import pytest
 import redis.asyncio
 
 from fargate_runtime.local import MotoServer, RedisServer, answering_redis, sqs_environment
+from tests.logcapture import JsonLines
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from types_aiobotocore_sqs import SQSClient
 
 
 @pytest.fixture(scope="session")
@@ -67,3 +74,24 @@ def sqs_endpoint() -> Iterator[str]:
                     os.environ.pop(name, None)
                 else:
                     os.environ[name] = value
+
+
+@pytest.fixture
+def json_lines(caplog: pytest.LogCaptureFixture) -> Iterator[JsonLines]:
+    """JSON lines of everything logged at INFO and above during the test."""
+    captured = JsonLines()
+    root = logging.getLogger()
+    root.addHandler(captured)
+    try:
+        with caplog.at_level(logging.INFO):
+            yield captured
+    finally:
+        root.removeHandler(captured)
+
+
+@pytest.fixture
+async def sqs(sqs_endpoint: str) -> AsyncIterator[SQSClient]:
+    """An aioboto3 SQS client of the local endpoint (over HTTP)."""
+    session = aioboto3.Session()
+    async with session.client("sqs", endpoint_url=sqs_endpoint, region_name="us-east-1") as client:
+        yield client

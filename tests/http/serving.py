@@ -11,12 +11,17 @@ import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import httpx
+
+from examples.http_api.app import PaymentsApiSettings, build_api
 from fargate_runtime import ExitCode, Lifecycle, Runtime, RuntimeSettings, Supervisor
 from fargate_runtime.http import HttpServer, HttpSettings, serve_asgi
+from fargate_runtime.idempotency import RedisStore
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
+    import redis.asyncio
     from starlette.types import ASGIApp
 
 # A budget with room: drain 6 s (10 - 2 margin - 1 release - 1 close).
@@ -93,3 +98,21 @@ async def served(
             await asyncio.wait({run}, timeout=20)
         if not run.done():  # a hung drain: do not leak the run into the next test
             run.cancel()
+
+
+@contextlib.asynccontextmanager
+async def example_client(
+    redis_client: redis.asyncio.Redis, key_prefix: str
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The example payments API served over a real socket, and a client of it as API key
+    ``demo`` (its keys under ``key_prefix``)."""
+    api = build_api(
+        redis=redis_client,
+        store=RedisStore(redis_client),
+        settings=PaymentsApiSettings(key_prefix=key_prefix),
+    )
+    async with (
+        served(api) as running,
+        httpx.AsyncClient(base_url=running.url, headers={"x-api-key": "demo"}) as client,
+    ):
+        yield client

@@ -3,25 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 
-from examples.http_api.app import PaymentsApiSettings, build_api
 from fargate_runtime import ExitCode, Supervisor
-from fargate_runtime.idempotency import RedisStore
-from fargate_runtime.logging import JsonFormatter
 
-from .serving import served
+from .serving import example_client
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     import redis.asyncio
+
+    from tests.logcapture import JsonLines
 
 pytestmark = pytest.mark.integration
 
@@ -31,15 +29,7 @@ async def client(
     redis_client: redis.asyncio.Redis, redis_prefix: str
 ) -> AsyncIterator[httpx.AsyncClient]:
     """A client of the example API (keys under the test's Redis prefix), as API key ``demo``."""
-    api = build_api(
-        redis=redis_client,
-        store=RedisStore(redis_client),
-        settings=PaymentsApiSettings(key_prefix=redis_prefix),
-    )
-    async with (
-        served(api) as running,
-        httpx.AsyncClient(base_url=running.url, headers={"x-api-key": "demo"}) as http_client,
-    ):
+    async with example_client(redis_client, redis_prefix) as http_client:
         yield http_client
 
 
@@ -109,35 +99,18 @@ async def test_invalid_payments_are_400_problems(
     assert response.json()["status"] == 400
 
 
-class JsonLines(logging.Handler):
-    """Formats each record as it is emitted, in the request's context, as the app's logs do."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.setFormatter(JsonFormatter())
-        self.lines: list[dict[str, Any]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(json.loads(self.format(record)))
-
-
 async def test_logs_carry_the_request_id_which_is_echoed(
-    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+    client: httpx.AsyncClient, json_lines: JsonLines
 ) -> None:
     """The client's x-request-id is on the app's log lines and comes back in the response."""
     request_id = uuid.uuid4().hex
-    captured = JsonLines()
-    logging.getLogger().addHandler(captured)
-    try:
-        with caplog.at_level(logging.INFO):
-            response = await client.post(
-                "/payments",
-                json={"amount": 7, "currency": "EUR"},
-                headers={"idempotency-key": uuid.uuid4().hex, "x-request-id": request_id},
-            )
-            odd = await client.get("/payments/nope", headers={"x-request-id": "has spaces"})
-    finally:
-        logging.getLogger().removeHandler(captured)
+    captured = json_lines
+    response = await client.post(
+        "/payments",
+        json={"amount": 7, "currency": "EUR"},
+        headers={"idempotency-key": uuid.uuid4().hex, "x-request-id": request_id},
+    )
+    odd = await client.get("/payments/nope", headers={"x-request-id": "has spaces"})
     assert response.headers["x-request-id"] == request_id
     assert odd.headers["x-request-id"] != "has spaces"  # replaced by a made-up one
     mine = {

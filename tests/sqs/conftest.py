@@ -10,7 +10,6 @@ import json
 import uuid
 from typing import TYPE_CHECKING, Any
 
-import aioboto3
 import pytest
 
 from fargate_runtime.idempotency import Idempotency, RedisStore
@@ -21,14 +20,6 @@ if TYPE_CHECKING:
     import redis.asyncio
     from types_aiobotocore_sqs import SQSClient
     from types_aiobotocore_sqs.literals import QueueAttributeNameType
-
-
-@pytest.fixture
-async def sqs(sqs_endpoint: str) -> AsyncIterator[SQSClient]:
-    """An aioboto3 SQS client of the local endpoint (over HTTP)."""
-    session = aioboto3.Session()
-    async with session.client("sqs", endpoint_url=sqs_endpoint, region_name="us-east-1") as client:
-        yield client
 
 
 @pytest.fixture

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 from opentelemetry.sdk.metrics.export import (
@@ -15,7 +13,6 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from fargate_runtime.logging import JsonFormatter
 from fargate_runtime.telemetry import Telemetry, TelemetrySettings
 
 if TYPE_CHECKING:
@@ -84,33 +81,3 @@ def recorded(_installed: Recorded) -> Recorded:
     """The session's exporters, emptied of earlier tests' spans."""
     _installed.spans.clear()
     return _installed
-
-
-class JsonLines(logging.Handler):
-    """Keeps every record as the JSON object the runtime's formatter makes of it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.setFormatter(JsonFormatter())
-        self.lines: list[dict[str, Any]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        # Formatted here, in the logging call's context: that is where the current span is.
-        self.lines.append(json.loads(self.format(record)))
-
-    def with_message(self, message: str) -> list[dict[str, Any]]:
-        """The lines whose message is ``message``."""
-        return [line for line in self.lines if line["message"] == message]
-
-
-@pytest.fixture
-def json_lines(caplog: pytest.LogCaptureFixture) -> Iterator[JsonLines]:
-    """JSON lines of everything logged at INFO and above during the test."""
-    captured = JsonLines()
-    root = logging.getLogger()
-    root.addHandler(captured)
-    try:
-        with caplog.at_level(logging.INFO):
-            yield captured
-    finally:
-        root.removeHandler(captured)

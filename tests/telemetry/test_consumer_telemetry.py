@@ -7,7 +7,6 @@ import logging
 import uuid
 from typing import TYPE_CHECKING
 
-import aioboto3
 import pytest
 import redis.asyncio
 from opentelemetry import trace
@@ -38,20 +37,13 @@ if TYPE_CHECKING:
     from types_aiobotocore_sqs import SQSClient
 
     from fargate_runtime.local import RedisServer
-    from tests.telemetry.conftest import JsonLines, Recorded
+    from tests.logcapture import JsonLines
+    from tests.telemetry.conftest import Recorded
 
 pytestmark = pytest.mark.integration
 
 TRACER = trace.get_tracer("tests")
 logger = logging.getLogger("tests.handler")
-
-
-@pytest.fixture
-async def sqs(sqs_endpoint: str) -> AsyncIterator[SQSClient]:
-    """An aioboto3 SQS client of the local endpoint (over HTTP)."""
-    session = aioboto3.Session()
-    async with session.client("sqs", endpoint_url=sqs_endpoint, region_name="us-east-1") as client:
-        yield client
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from starlette.middleware import Middleware
 from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
 
-from examples.http_api.app import PaymentsApiSettings, build_api
 from fargate_runtime.http import (
     IdempotencyMiddleware,
     RequestContextMiddleware,
@@ -27,7 +26,7 @@ from fargate_runtime.http import (
 )
 from fargate_runtime.idempotency import RedisStore
 from fargate_runtime.telemetry import IDEMPOTENCY_OUTCOME_ATTRIBUTE
-from tests.http.serving import served
+from tests.http.serving import example_client, served
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -36,7 +35,8 @@ if TYPE_CHECKING:
     from starlette.requests import Request
 
     from fargate_runtime.local import RedisServer
-    from tests.telemetry.conftest import JsonLines, Recorded
+    from tests.logcapture import JsonLines
+    from tests.telemetry.conftest import Recorded
 
 pytestmark = pytest.mark.integration
 
@@ -49,15 +49,7 @@ async def client(
     redis_client: redis.asyncio.Redis, redis_prefix: str
 ) -> AsyncIterator[httpx.AsyncClient]:
     """A client of the example API served over a real socket, as API key ``demo``."""
-    api = build_api(
-        redis=redis_client,
-        store=RedisStore(redis_client),
-        settings=PaymentsApiSettings(key_prefix=redis_prefix),
-    )
-    async with (
-        served(api) as running,
-        httpx.AsyncClient(base_url=running.url, headers={"x-api-key": "demo"}) as http_client,
-    ):
+    async with example_client(redis_client, redis_prefix) as http_client:
         yield http_client
 
 
