@@ -56,9 +56,7 @@ def validate_key(key: str, *, what: str = "key", max_length: int = MAX_KEY_LENGT
     return key
 
 
-@functools.lru_cache(maxsize=64)
 def _validate_prefix(prefix: str) -> str:
-    # Cached: a service uses one or two prefixes, validated again on every key otherwise.
     validate_key(prefix, what="prefix", max_length=MAX_PREFIX_LENGTH)
     # Braces would turn part of the prefix into a Redis Cluster hash tag for every key.
     if any(char.isspace() or char in "{}%" for char in prefix):
@@ -77,13 +75,18 @@ def scoped_key(prefix: str, scope: str, key: str, *, hash_tag: bool = False) -> 
     keys of a scope then share one slot, so a batch is always one script on a cluster, at the
     price of putting the whole scope on one shard.
     """
+    return _namespace(prefix, scope, hash_tag) + validate_key(key).translate(_ESCAPES)
+
+
+@functools.lru_cache(maxsize=1024)
+def _namespace(prefix: str, scope: str, hash_tag: bool) -> str:
+    # Cached: a service uses a handful of scopes, validated and escaped again on every key
+    # otherwise. Errors are not cached (lru_cache keeps only returned values).
     _validate_prefix(prefix)
-    validate_key(scope, what="scope")
-    validate_key(key)
-    escaped_scope = scope.translate(_ESCAPES)
+    escaped_scope = validate_key(scope, what="scope").translate(_ESCAPES)
     if hash_tag:
         escaped_scope = "{" + escaped_scope + "}"
-    return f"{prefix}:{escaped_scope}:{key.translate(_ESCAPES)}"
+    return f"{prefix}:{escaped_scope}:"
 
 
 def fence_base(stored_key: str) -> str:

@@ -23,6 +23,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from ..errors import StoreUnavailableError
+from ._script_calls import ScriptCalls, pack
 from ._scripts import CLAIM, COMPLETE, RELEASE, RENEW, Script
 from ._slots import fence_key, group_by_slot
 from ._store import ClaimResult, ClaimStatus, Held, StoreBase
@@ -106,6 +107,11 @@ class RedisStore(StoreBase):
         self._owns_client = owns_client
         self._slots_known = False
         self._discovery = asyncio.Lock()
+        # A standalone client's scripts skip redis-py's per-command path (see _script_calls);
+        # a cluster client routes every call by slot itself.
+        self._calls = (
+            None if isinstance(client, RedisCluster) else ScriptCalls(client.connection_pool)
+        )
 
     @property
     def client(self) -> Redis | RedisCluster:
@@ -113,7 +119,9 @@ class RedisStore(StoreBase):
         return self._client
 
     async def aclose(self) -> None:
-        """Close the client if this store owns it."""
+        """Give back the store's connections; close the client too if this store owns it."""
+        if self._calls is not None:
+            await self._calls.aclose()
         if self._owns_client:
             await self._client.aclose()
 
@@ -125,19 +133,22 @@ class RedisStore(StoreBase):
         except (TimeoutError, RedisError, RedisClusterException, OSError) as exc:
             raise StoreUnavailableError(f"Redis does not answer PING: {exc}") from exc
 
-    async def _eval(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    async def _run(self, *command: str | bytes | int) -> Any:
+        if self._calls is not None:
+            return await self._calls.call(pack(command))
+        return await self._client.execute_command(*command)
+
+    async def _eval(
+        self, script: Script, keys: Sequence[str], args: Sequence[str | bytes | int]
+    ) -> Any:
         try:
             async with asyncio.timeout(self._call_timeout):
                 try:
-                    return await self._client.execute_command(
-                        "EVALSHA", script.sha, len(keys), *keys, *args
-                    )
+                    return await self._run("EVALSHA", script.sha, len(keys), *keys, *args)
                 except NoScriptError:
                     # Script cache empty (restart, failover, SCRIPT FLUSH): EVAL runs and
                     # caches it again.
-                    return await self._client.execute_command(
-                        "EVAL", script.body, len(keys), *keys, *args
-                    )
+                    return await self._run("EVAL", script.body, len(keys), *keys, *args)
         except TimeoutError as exc:
             # The abandoned command's connection is closed by redis-py, never reused.
             raise StoreUnavailableError(

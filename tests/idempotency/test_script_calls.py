@@ -1,0 +1,99 @@
+"""The store's own line to Redis (``_script_calls``): packing, reuse, and never a stale reply."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import pytest
+import redis.asyncio
+from pydantic import SecretStr
+from redis.exceptions import NoScriptError
+
+from fargate_runtime.idempotency import IdempotencySettings
+from fargate_runtime.idempotency._script_calls import ScriptCalls, pack
+from fargate_runtime.idempotency.connection import redis_client
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+
+def test_pack_matches_redis_py_wire_format() -> None:
+    args: list[str | bytes | int] = ["EVALSHA", "ab" * 20, 2, "k:é", b"\x00\r\n", 0, -7, ""]
+    packer = redis.asyncio.Connection()
+    assert pack(args) == b"".join(packer.pack_command(*args))
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
+    """A client built the way the store builds its own (retries on, no socket timeout)."""
+    made = redis_client(IdempotencySettings(redis_url=SecretStr(redis_url)), socket_timeout=False)
+    assert isinstance(made, redis.asyncio.Redis)
+    try:
+        yield made
+    finally:
+        await made.aclose()
+
+
+async def _client_id(calls: ScriptCalls) -> int:
+    reply = await calls.call(pack(["CLIENT", "ID"]))
+    assert isinstance(reply, int)
+    return reply
+
+
+async def test_calls_reuse_one_connection(client: redis.asyncio.Redis) -> None:
+    calls = ScriptCalls(client.connection_pool)
+    first = await _client_id(calls)
+    for _ in range(5):
+        assert await _client_id(calls) == first
+    await calls.aclose()
+
+
+async def test_error_reply_keeps_the_connection(client: redis.asyncio.Redis) -> None:
+    calls = ScriptCalls(client.connection_pool)
+    first = await _client_id(calls)
+    with pytest.raises(NoScriptError):
+        await calls.call(pack(["EVALSHA", "0" * 40, 0]))
+    assert await _client_id(calls) == first
+    await calls.aclose()
+
+
+async def test_cancelled_call_never_hands_its_reply_to_the_next(
+    client: redis.asyncio.Redis, redis_prefix: str
+) -> None:
+    """A call cut off before its reply (cancelled here) drops its socket: the next call gets
+    its own answer on a new connection, not the abandoned command's late reply."""
+    calls = ScriptCalls(client.connection_pool)
+    first = await _client_id(calls)
+    blocked = asyncio.create_task(calls.call(pack(["BLPOP", f"{redis_prefix}:empty", 5])))
+    # Wait until Redis shows the BLPOP blocked, so the cancellation lands mid-call.
+    async with asyncio.timeout(10):
+        while not any(c["cmd"] == "blpop" for c in await client.client_list()):  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+    blocked.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await blocked
+    assert await calls.call(pack(["ECHO", "mine"])) == b"mine"
+    assert await _client_id(calls) != first
+    await calls.aclose()
+
+
+async def test_connection_killed_while_idle_is_replaced(client: redis.asyncio.Redis) -> None:
+    """Redis restarted or the idle connection dropped: the next call reconnects (client retry)."""
+    calls = ScriptCalls(client.connection_pool)
+    first = await _client_id(calls)
+    assert await client.client_kill_filter(_id=str(first)) == 1
+    assert await calls.call(pack(["ECHO", "again"])) == b"again"
+    assert await _client_id(calls) != first
+    await calls.aclose()
+
+
+async def test_close_returns_connections_to_the_pool(client: redis.asyncio.Redis) -> None:
+    pool = client.connection_pool
+    calls = ScriptCalls(pool)
+    await asyncio.gather(*(_client_id(calls) for _ in range(3)))
+    borrowed = len(pool._in_use_connections)
+    assert borrowed >= 1
+    await calls.aclose()
+    assert len(pool._in_use_connections) == 0
+    assert len(pool._available_connections) == borrowed
