@@ -1,7 +1,7 @@
 """The store's own line to a standalone Redis: commands packed here, connections kept here.
 
 A script call is one round trip, so everything around it is overhead that a batch pays twice
-(claim, then complete). redis-py's ``execute_command`` path costs about 30 µs a call on a
+(claim, then complete). redis-py's ``execute_command`` path costs 20 to 30 µs a call on a
 2-core machine beyond the socket's own round trip (pool lock, a readiness probe of the socket,
 observability hooks, generic packing), about a fifth of a batch on loopback. ``ScriptCalls``
 borrows connections from the client's pool once and keeps them between calls, and packs the

@@ -97,3 +97,16 @@ async def test_close_returns_connections_to_the_pool(client: redis.asyncio.Redis
     await calls.aclose()
     assert len(pool._in_use_connections) == 0
     assert len(pool._available_connections) == borrowed
+
+
+async def test_concurrent_calls_each_get_their_own_reply(client: redis.asyncio.Redis) -> None:
+    calls = ScriptCalls(client.connection_pool)
+    words = [f"call-{index}" for index in range(50)]  # within the pool's max_connections
+    replies = await asyncio.gather(*(calls.call(pack(["ECHO", word])) for word in words))
+    assert replies == [word.encode() for word in words]
+    # Connections are borrowed only as concurrency needs them, then reused.
+    borrowed = len(client.connection_pool._in_use_connections)
+    assert 1 <= borrowed <= len(words)
+    await asyncio.gather(*(calls.call(pack(["ECHO", word])) for word in words))
+    assert len(client.connection_pool._in_use_connections) == borrowed
+    await calls.aclose()
