@@ -14,14 +14,19 @@ only after its reply was read whole; any other outcome (timeout, cancellation, a
 socket) disconnects it, and the next call on it reconnects.
 
 Borrowed connections stay counted as in use by the pool, so ``max_connections`` still bounds
-them, and closing the client closes them even if the store is never closed.
+them (redis-py's default is 100), and closing the client closes them even if the store is never
+closed. A burst of calls beyond that bound waits for one of the store's connections to come
+back, in arrival order, instead of failing (the store's call timeout still bounds the wait).
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import ResponseError
+from redis.exceptions import MaxConnectionsError, ResponseError
 
 from ._background import spawn
 
@@ -53,14 +58,43 @@ class ScriptCalls:
     def __init__(self, pool: ConnectionPool) -> None:
         self._pool = pool
         self._idle: list[AbstractConnection] = []
+        self._borrowed = 0
+        self._waiters: collections.deque[asyncio.Future[AbstractConnection]] = collections.deque()
         self._closed = False
+
+    async def _connection(self) -> AbstractConnection:
+        if self._idle:
+            return self._idle.pop()
+        self._borrowed += 1  # counted from the start: the pool counts it from the start too
+        try:
+            connection: AbstractConnection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+        except MaxConnectionsError:
+            self._borrowed -= 1
+            if not self._borrowed:
+                raise  # none of ours will come back: the pool is full with others' connections
+            return await self._wait_for_one()
+        except BaseException:
+            self._borrowed -= 1
+            raise
+        return connection
+
+    async def _wait_for_one(self) -> AbstractConnection:
+        waiter: asyncio.Future[AbstractConnection] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                # Handed a connection just as we were cancelled: pass it on, don't lose it.
+                self._give_back(waiter.result())
+            else:
+                with contextlib.suppress(ValueError):  # a give-back may have skipped it already
+                    self._waiters.remove(waiter)
+            raise
 
     async def call(self, request: bytes) -> Any:
         """Send one packed command and return its parsed reply (retried per the client)."""
-        if self._idle:
-            connection = self._idle.pop()
-        else:
-            connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+        connection = await self._connection()
         try:
             reply = await connection.retry.call_with_retry(
                 lambda: self._round_trip(connection, request),
@@ -84,7 +118,13 @@ class ScriptCalls:
         return await connection.read_response()
 
     def _give_back(self, connection: AbstractConnection) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(connection)
+                return
         if self._closed:
+            self._borrowed -= 1
             spawn(self._pool.release(connection))
         else:
             self._idle.append(connection)
@@ -93,5 +133,6 @@ class ScriptCalls:
         """Return the idle connections to the pool (calls in flight return theirs after)."""
         self._closed = True
         idle, self._idle = self._idle, []
+        self._borrowed -= len(idle)
         for connection in idle:
             await self._pool.release(connection)

@@ -110,3 +110,38 @@ async def test_concurrent_calls_each_get_their_own_reply(client: redis.asyncio.R
     await asyncio.gather(*(calls.call(pack(["ECHO", word])) for word in words))
     assert len(client.connection_pool._in_use_connections) == borrowed
     await calls.aclose()
+
+
+async def test_burst_beyond_max_connections_waits_its_turn(redis_url: str) -> None:
+    """More calls at once than the pool allows: they queue for the store's connections."""
+    small = redis.asyncio.Redis.from_url(redis_url, max_connections=2)
+    calls = ScriptCalls(small.connection_pool)
+    words = [f"burst-{index}" for index in range(30)]
+    replies = await asyncio.gather(*(calls.call(pack(["ECHO", word])) for word in words))
+    assert replies == [word.encode() for word in words]
+    assert len(small.connection_pool._in_use_connections) == 2
+    await calls.aclose()
+    await small.aclose()
+
+
+async def test_cancelled_waiter_loses_no_connection(
+    client: redis.asyncio.Redis, redis_url: str, redis_prefix: str
+) -> None:
+    single = redis.asyncio.Redis.from_url(redis_url, max_connections=1)
+    calls = ScriptCalls(single.connection_pool)
+    queue = f"{redis_prefix}:queue"
+    holder = asyncio.create_task(calls.call(pack(["BLPOP", queue, 10])))
+    async with asyncio.timeout(10):
+        while not any(c["cmd"] == "blpop" for c in await client.client_list()):  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+    waiter = asyncio.create_task(calls.call(pack(["ECHO", "never"])))
+    await asyncio.sleep(0)  # let it queue behind the holder
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    await client.rpush(queue, "item")
+    assert await holder == [queue.encode(), b"item"]
+    async with asyncio.timeout(5):  # the one connection came back: this does not hang
+        assert await calls.call(pack(["ECHO", "after"])) == b"after"
+    await calls.aclose()
+    await single.aclose()
