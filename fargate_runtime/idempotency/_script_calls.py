@@ -15,8 +15,9 @@ socket) disconnects it, and the next call on it reconnects.
 
 Borrowed connections stay counted as in use by the pool, so ``max_connections`` still bounds
 them (redis-py's default is 100), and closing the client closes them even if the store is never
-closed. A burst of calls beyond that bound waits for one of the store's connections to come
-back, in arrival order, instead of failing (the store's call timeout still bounds the wait).
+closed. At most ``MAX_IDLE_CONNECTIONS`` are kept between calls; the rest go back to the pool.
+A burst of calls beyond the pool's bound waits for one of the store's connections to come back,
+in arrival order, instead of failing (the store's call timeout still bounds the wait).
 """
 
 from __future__ import annotations
@@ -35,7 +36,11 @@ if TYPE_CHECKING:
 
     from redis.asyncio.connection import AbstractConnection, ConnectionPool
 
-__all__ = ["ScriptCalls", "pack"]
+__all__ = ["MAX_IDLE_CONNECTIONS", "ScriptCalls", "pack"]
+
+# Kept idle between calls at most; more go back to the pool after a burst, so that whoever
+# else uses the client (a readiness probe, the application) still finds connections there.
+MAX_IDLE_CONNECTIONS = 16
 
 
 def pack(args: Sequence[str | bytes | int]) -> bytes:
@@ -123,7 +128,7 @@ class ScriptCalls:
             if not waiter.done():
                 waiter.set_result(connection)
                 return
-        if self._closed:
+        if self._closed or len(self._idle) >= MAX_IDLE_CONNECTIONS:
             self._borrowed -= 1
             spawn(self._pool.release(connection))
         else:

@@ -129,7 +129,7 @@ class RedisStore(StoreBase):
         """Raise StoreUnavailableError unless Redis answers (for readiness checks)."""
         try:
             async with asyncio.timeout(self._call_timeout):
-                await self._client.execute_command("PING")
+                await self._run("PING")
         except (TimeoutError, RedisError, RedisClusterException, OSError) as exc:
             raise StoreUnavailableError(f"Redis does not answer PING: {exc}") from exc
 
