@@ -312,7 +312,7 @@ def _run(url: str, *, rounds: int = ROUNDS) -> dict[str, object]:
             "load_average_1m_before": round(load_before, 2),
             "load_average_1m_after": round(os.getloadavg()[0], 2),
             # What one synchronous round trip costs here, before and after: on a virtual machine
-            # it swings (about 25 to 75 us seen) with how idle the CPUs are, and the speedup
+            # it swings (about 25 to 100 us seen) with how idle the CPUs are, and the speedup
             # with it, since Powertools pays 2-3 round trips a message where we pay 0.1-0.2.
             "ping_round_trip_us_before": ping_before,
             "ping_round_trip_us_after": ping_after,
