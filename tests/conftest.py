@@ -1,8 +1,12 @@
-"""Shared fixtures: a real Redis server and a real SQS endpoint (moto's server mode) over HTTP.
+"""Shared fixtures: real Redis and PostgreSQL servers and a real SQS endpoint (moto) over HTTP.
 
 Redis: the one at ``REDIS_URL`` (default ``redis://127.0.0.1:6379``) when it answers, otherwise a
 private ``redis-server`` on a free port. Each test gets its own key prefix and its keys are
 deleted afterwards, so a shared Redis is left as it was found.
+
+PostgreSQL: the one at ``POSTGRES_URL`` (default ``postgresql://postgres@127.0.0.1:5432/postgres``)
+when it answers, otherwise a private server (``initdb`` into a temporary directory). Tests that
+use it create a schema of their own and drop it afterwards.
 """
 
 from __future__ import annotations
@@ -16,7 +20,13 @@ import aioboto3
 import pytest
 import redis.asyncio
 
-from fargate_runtime.local import MotoServer, RedisServer, answering_redis, sqs_environment
+from fargate_runtime.local import (
+    MotoServer,
+    RedisServer,
+    answering_postgres,
+    answering_redis,
+    sqs_environment,
+)
 from tests.logcapture import JsonLines
 
 if TYPE_CHECKING:
@@ -31,6 +41,13 @@ if TYPE_CHECKING:
 def redis_url() -> Iterator[str]:
     """URL of a Redis server that answers, started privately when none does."""
     with answering_redis() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """URL of a PostgreSQL server that answers, started privately when none does."""
+    with answering_postgres() as url:
         yield url
 
 

@@ -15,6 +15,13 @@ the guard::
 
 Batch callers (the SQS consumer) call ``claim_many`` / ``complete_many`` on the store directly:
 one round trip for a whole receive batch.
+
+With ``PostgresStore`` (``FARGATE_RUNTIME_IDEMPOTENCY_STORE=postgres``) the record can commit in
+the handler's own transaction: exactly-once database effects, see ``postgres_transaction``::
+
+    async with idem.transaction("charges", event["id"], payload=event) as tx:
+        if not tx.replayed:
+            await tx.execute("INSERT INTO charges ...")
 """
 
 from __future__ import annotations
@@ -43,9 +50,12 @@ from .connection import open_store, redis_client
 from .guard import Guard, Idempotency
 from .keys import MAX_KEY_LENGTH, fingerprint, scoped_key
 from .memory_store import ManualClock, MemoryStore
+from .postgres_schema import schema_sql
+from .postgres_store import PostgresStore
+from .postgres_transaction import Transaction, TransactionalClaim
 from .redis_store import RedisStore
 from .serialization import JsonSerializer, Serializer, encode_result
-from .settings import FailurePolicy, IdempotencySettings, load_idempotency_settings
+from .settings import FailurePolicy, IdempotencySettings, StoreKind, load_idempotency_settings
 
 __all__ = [
     "MAX_KEY_LENGTH",
@@ -69,17 +79,22 @@ __all__ = [
     "ManualClock",
     "MemoryStore",
     "PayloadMismatchError",
+    "PostgresStore",
     "RecordState",
     "RedisStore",
     "ResultTooLargeError",
     "Serializer",
     "StoreBase",
+    "StoreKind",
     "StoreUnavailableError",
+    "Transaction",
+    "TransactionalClaim",
     "current_claim",
     "encode_result",
     "fingerprint",
     "load_idempotency_settings",
     "open_store",
     "redis_client",
+    "schema_sql",
     "scoped_key",
 ]

@@ -10,7 +10,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
 from .memory_store import MemoryStore
+from .postgres_store import PostgresStore
 from .redis_store import RedisStore
+from .settings import StoreKind
 
 if TYPE_CHECKING:
     from .settings import IdempotencySettings
@@ -57,8 +59,13 @@ def redis_client(
     return Redis.from_url(url, **options)
 
 
-def open_store(settings: IdempotencySettings) -> RedisStore | MemoryStore:
-    """The store ``settings`` describe; close it with ``aclose`` (or ``async with``)."""
+def open_store(settings: IdempotencySettings) -> RedisStore | MemoryStore | PostgresStore:
+    """The store ``settings`` describe; close it with ``aclose`` (or ``async with``).
+
+    The PostgreSQL store connects (and checks its schema) when entered: ``rt.enter(store)``.
+    """
+    if settings.store is StoreKind.POSTGRES:
+        return PostgresStore.from_settings(settings)
     if settings.in_memory:
         return MemoryStore(max_result_bytes=settings.max_result_bytes)
     return RedisStore(

@@ -39,10 +39,12 @@ from .serialization import DEFAULT_MAX_RESULT_BYTES, JsonSerializer, encode_resu
 from .settings import FailurePolicy
 
 if TYPE_CHECKING:
+    import contextlib
     from collections.abc import Awaitable, Callable
     from types import TracebackType
 
     from ._store import ClaimResult, IdempotencyStore
+    from .postgres_transaction import Transaction
     from .serialization import Serializer
     from .settings import IdempotencySettings
 
@@ -305,6 +307,25 @@ class Idempotency:
         """
         stored = self.key(scope, key)
         return Guard(self, stored, fingerprint or fingerprint_of(payload))
+
+    def transaction(
+        self,
+        scope: str,
+        key: str,
+        *,
+        payload: object = None,
+        fingerprint: str | None = None,
+        isolation: str | None = None,
+    ) -> contextlib.AbstractAsyncContextManager[Transaction]:
+        """Guard a block whose PostgreSQL writes commit together with its completion.
+
+        Needs the PostgreSQL store; see ``postgres_guard`` (replays, leases, failures).
+        """
+        from .postgres_guard import guarded_transaction
+
+        return guarded_transaction(
+            self, scope, key, payload=payload, fingerprint=fingerprint, isolation=isolation
+        )
 
     def idempotent(
         self,

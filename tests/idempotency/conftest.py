@@ -1,8 +1,8 @@
-"""Fixtures for the idempotency tests: one harness per store (memory, real Redis).
+"""Fixtures for the idempotency tests: one harness per store (memory, real Redis, PostgreSQL).
 
-The harness hides the only thing the two stores do differently in a test: how a lease is made
-to run out (advancing the injected clock, or a short real ``PX`` lease and polling Redis until
-the key is gone).
+The harness hides the only thing the stores do differently in a test: how a lease is made to
+run out (advancing the injected clock; a short real ``PX`` lease and polling Redis until the key
+is gone; a short lease and waiting out what PostgreSQL's own clock says is left of it).
 """
 
 from __future__ import annotations
@@ -16,13 +16,15 @@ import pytest
 from fargate_runtime.idempotency import (
     ManualClock,
     MemoryStore,
+    PostgresStore,
     RedisStore,
     StoreBase,
     scoped_key,
 )
+from tests.idempotency.postgres import PostgresSchema, wait_until_forgotten
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
     import redis.asyncio
 
@@ -62,9 +64,31 @@ async def wait_until_gone(client: redis.asyncio.Redis, key: str) -> None:
             await asyncio.sleep(0.01)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture
+async def postgres_schema(postgres_url: str) -> AsyncIterator[PostgresSchema]:
+    """A schema of this test's own with the store's tables and functions, dropped afterwards."""
+    async with PostgresSchema.created(postgres_url) as schema:
+        yield schema
+
+
+@pytest.fixture
+async def postgres_store(postgres_schema: PostgresSchema) -> AsyncIterator[PostgresStore]:
+    """An open PostgresStore on the test's own schema (cleanup task off: tests call it)."""
+    store = PostgresStore(postgres_schema.url, schema=postgres_schema.name, cleanup=False)
+    async with store:
+        yield store
+
+
+@pytest.fixture(params=["memory", "redis", "postgres"])
 def harness(request: pytest.FixtureRequest, redis_prefix: str) -> Harness:
-    """The conformance harness, once over the in-memory store and once over a real Redis."""
+    """The conformance harness over the in-memory store, a real Redis and a real PostgreSQL."""
+    if request.param == "postgres":
+        store: PostgresStore = request.getfixturevalue("postgres_store")
+
+        async def forgotten(key: str) -> None:
+            await wait_until_forgotten(store, key)
+
+        return Harness("postgres", store, redis_prefix, forgotten)
     if request.param == "memory":
         clock = ManualClock()
 
