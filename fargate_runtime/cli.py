@@ -30,6 +30,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "fargate_runtime.drill.cli",
         "interrupt real workers like Fargate Spot; report anything lost or charged twice",
     ),
+    "postgres-schema": (
+        "fargate_runtime._postgres_schema_command",
+        "print, apply or check the PostgreSQL idempotency store's schema",
+    ),
     "local": (
         "fargate_runtime.drill.local_command",
         "start a local SQS endpoint and Redis, create a queue, print the env to use them",

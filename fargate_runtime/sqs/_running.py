@@ -10,7 +10,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ..errors import IdempotencyKeyError, MalformedMessageError
-from ..idempotency import ClaimRequest, ClaimStatus, FailurePolicy, Held
+from ..idempotency import ClaimRequest, ClaimStatus, FailurePolicy, Held, PostgresStore
 from ..logging import bind_log_context
 from ..telemetry import (
     IDEMPOTENCY_OUTCOME_ATTRIBUTE,
@@ -217,11 +217,21 @@ class Runner:
 
     def _context(self, item: InFlight) -> MessageContext:
         held = item.held
+        work = None
+        if held is not None and self._keys is not None:
+            idempotency = self._keys.idempotency
+            if isinstance(idempotency.store, PostgresStore):
+                work = idempotency.store.work(
+                    held,
+                    retention_seconds=idempotency.retention_seconds,
+                    on_completed=lambda: _completed_in_transaction(item),
+                )
         return MessageContext(
             self._lifecycle,
             message_id=item.message_id,
             idempotency_key=item.key,
             fencing_token=held.token if held is not None else None,
+            work=work,
         )
 
     async def _run_one(self, item: InFlight) -> bool:
@@ -350,8 +360,9 @@ class Runner:
         await self._holdings.heartbeat.untrack(item)
         if item.held is not None and self._completer is not None:
             completed = False
-            if not item.lease_lost:
+            if item.completion is None and not item.lease_lost:
                 item.completion = self._completer.complete(item.held)
+            if item.completion is not None:  # set already when the handler's COMMIT completed it
                 # Shielded: if we are cancelled now, the outcome is still read at the end.
                 completed = await asyncio.shield(item.completion)
             if not completed:
@@ -381,6 +392,13 @@ class Runner:
         else:
             seconds = clamp_visibility(delay_seconds)
         self._holdings.back_off(item, seconds=seconds)
+
+
+def _completed_in_transaction(item: InFlight) -> None:
+    """The handler's own transaction committed the completion: no separate call for it."""
+    done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    done.set_result(True)
+    item.completion = done
 
 
 def _trace_attributes(message: Message) -> dict[str, dict[str, str]]:

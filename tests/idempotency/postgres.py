@@ -66,7 +66,7 @@ async def wait_until_forgotten(store: PostgresStore, key: str) -> None:
     table = f"{store.schema}.idempotency_records"
     async with asyncio.timeout(_EXPIRY_WAIT_SECONDS):
         while True:
-            left = await pool.fetchval(f"SELECT {_LEFT} FROM {table} WHERE key = $1", key)  # noqa: S608 - our own schema name
+            left = await pool.fetchval(f"SELECT {_LEFT} FROM {table} WHERE key = $1", key)
             if left is None or left < 0:
                 return
             await asyncio.sleep(float(left) + 0.001)
