@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check bench format clean redis-server
+.PHONY: demo test check bench format clean redis-server postgres-server
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,15 @@ redis-server:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
 	}
 
-test: $(STAMP) redis-server
+# The same for PostgreSQL (the postgres idempotency store): a private server from initdb when
+# none lets the tests in at POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/postgres).
+postgres-server:
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		echo "initdb not found: installing Debian's postgresql"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	}
+
+test: $(STAMP) redis-server postgres-server
 	$(BIN)/python -m pytest
 
 check: $(STAMP)
@@ -34,7 +42,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: $(STAMP) redis-server
+bench: $(STAMP) redis-server postgres-server
 	$(BIN)/python -m bench
 
 demo: $(STAMP) redis-server

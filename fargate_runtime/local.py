@@ -229,19 +229,29 @@ def sqs_environment(endpoint_url: str, region: str = MotoServer.region) -> dict[
 
 
 def postgres_url_answers(url: str, *, timeout_seconds: float = 0.5) -> bool:
-    """True when a PostgreSQL server answers at the URL's host and port (no client needed).
+    """True when the PostgreSQL server of ``url`` lets its user in (no client library needed).
 
-    It sends the protocol's SSLRequest; a server answers one byte, ``S`` or ``N``.
+    It sends the protocol's startup message: a URL without a password must get
+    AuthenticationOk (trust), one with a password any authentication request. A server that
+    answers but would refuse the user (e.g. Debian's default scram on 127.0.0.1) does not count.
     """
     parts = urlsplit(url)
+    user = parts.username or "postgres"
+    database = parts.path.lstrip("/") or user
+    body = (3 << 16).to_bytes(4, "big")  # protocol 3.0
+    body += f"user\0{user}\0database\0{database}\0\0".encode()
     try:
         with socket.create_connection(
             (parts.hostname or "127.0.0.1", parts.port or 5432), timeout=timeout_seconds
         ) as sock:
-            sock.sendall((8).to_bytes(4, "big") + (80877103).to_bytes(4, "big"))
-            return sock.recv(1) in {b"S", b"N"}
+            sock.sendall((len(body) + 4).to_bytes(4, "big") + body)
+            reply = sock.recv(9)
     except OSError:
         return False
+    if len(reply) < 9 or reply[:1] != b"R":  # 'R', int32 length, int32 code
+        return False
+    authentication = int.from_bytes(reply[5:9], "big")
+    return authentication == 0 or parts.password is not None
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ import aioboto3
 import pytest
 import redis.asyncio
 
+from fargate_runtime.idempotency import PostgresStore
 from fargate_runtime.local import (
     MotoServer,
     RedisServer,
@@ -27,6 +28,7 @@ from fargate_runtime.local import (
     answering_redis,
     sqs_environment,
 )
+from tests.idempotency.postgres import PostgresSchema
 from tests.logcapture import JsonLines
 
 if TYPE_CHECKING:
@@ -49,6 +51,21 @@ def postgres_url() -> Iterator[str]:
     """URL of a PostgreSQL server that answers, started privately when none does."""
     with answering_postgres() as url:
         yield url
+
+
+@pytest.fixture
+async def postgres_schema(postgres_url: str) -> AsyncIterator[PostgresSchema]:
+    """A schema of this test's own with the store's tables and functions, dropped afterwards."""
+    async with PostgresSchema.created(postgres_url) as schema:
+        yield schema
+
+
+@pytest.fixture
+async def postgres_store(postgres_schema: PostgresSchema) -> AsyncIterator[PostgresStore]:
+    """An open PostgresStore on the test's own schema (cleanup task off: tests call it)."""
+    store = PostgresStore(postgres_schema.url, schema=postgres_schema.name, cleanup=False)
+    async with store:
+        yield store
 
 
 @pytest.fixture

@@ -56,7 +56,8 @@ LANGUAGE sql IMMUTABLE AS $$ SELECT 1 $$;
 -- Claim every key. o_status: 1 acquired (o_token is ours), 2 completed (o_token and o_result
 -- of the completing claim), 3 in progress elsewhere, 4 same key with another fingerprint.
 -- A key repeated in one call is claimed once; later occurrences are only classified. A live
--- claim of the same owner is acquired again with its token (a retry whose reply was lost).
+-- claim is in progress whoever asks, its own owner included (callers' owner ids name a
+-- process, so two attempts in one process must still exclude each other).
 CREATE OR REPLACE FUNCTION idempotency_claim(
     p_keys text[], p_fingerprints text[], p_owner text, p_lease_ms bigint
 ) RETURNS TABLE (o_index integer, o_status smallint, o_token bigint, o_result bytea)
@@ -94,13 +95,12 @@ BEGIN
                     o_token := v_token;
                     EXIT;
                 END IF;
-                -- Take the record over when it is forgotten, when its lease ended (its recovery
-                -- points stay), or when it is our own live claim (same token, lease renewed).
+                -- Take the record over when it is forgotten, or when its lease ended (its
+                -- recovery points stay), with a new, higher token.
                 UPDATE idempotency_records AS r SET
                     state = 'in_progress',
                     owner = p_owner,
-                    token = CASE WHEN r.expires_at > v_now AND r.lease_until > v_now
-                                 THEN r.token ELSE nextval('idempotency_tokens') END,
+                    token = nextval('idempotency_tokens'),
                     fingerprint = v_item.fingerprint,
                     result = NULL,
                     steps = CASE WHEN r.expires_at > v_now THEN r.steps ELSE '{}' END,
@@ -110,7 +110,7 @@ BEGIN
                 WHERE r.key = v_item.key
                   AND (r.expires_at <= v_now
                        OR (r.state = 'in_progress' AND r.fingerprint = v_item.fingerprint
-                           AND (r.lease_until <= v_now OR r.owner = p_owner)))
+                           AND r.lease_until <= v_now))
                 RETURNING r.token INTO v_token;
                 IF FOUND THEN
                     o_status := 1;

@@ -21,10 +21,10 @@ from fargate_runtime.idempotency import (
     StoreBase,
     scoped_key,
 )
-from tests.idempotency.postgres import PostgresSchema, wait_until_forgotten
+from tests.idempotency.postgres import wait_until_forgotten
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+    from collections.abc import Awaitable, Callable, Sequence
 
     import redis.asyncio
 
@@ -62,21 +62,6 @@ async def wait_until_gone(client: redis.asyncio.Redis, key: str) -> None:
         # a shared server should not be reconfigured for): polling is how to see it.
         while await client.exists(key):  # noqa: ASYNC110 - no event exists to wait on
             await asyncio.sleep(0.01)
-
-
-@pytest.fixture
-async def postgres_schema(postgres_url: str) -> AsyncIterator[PostgresSchema]:
-    """A schema of this test's own with the store's tables and functions, dropped afterwards."""
-    async with PostgresSchema.created(postgres_url) as schema:
-        yield schema
-
-
-@pytest.fixture
-async def postgres_store(postgres_schema: PostgresSchema) -> AsyncIterator[PostgresStore]:
-    """An open PostgresStore on the test's own schema (cleanup task off: tests call it)."""
-    store = PostgresStore(postgres_schema.url, schema=postgres_schema.name, cleanup=False)
-    async with store:
-        yield store
 
 
 @pytest.fixture(params=["memory", "redis", "postgres"])
