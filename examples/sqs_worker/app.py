@@ -11,6 +11,11 @@ like ``{"event_id": "evt_1", "account": "acct_7", "amount_cents": 1250, "sequenc
 - Out-of-order arrivals: charges add up in any order; nothing waits for a missing sequence.
 - SIGTERM (deploy, Spot interruption): in-flight charges finish within the drain budget,
   unstarted events go back to the queue at once, stragglers are cancelled and released.
+
+``PAYMENTS_LEDGER=postgres`` (with ``FARGATE_RUNTIME_IDEMPOTENCY_STORE=postgres``) writes the
+ledger to PostgreSQL instead, inside ``context.transaction()``: the charge and the event's
+completion record commit together, so a worker killed at any instant charges once even when
+the provider gets no stable key.
 """
 
 from __future__ import annotations
@@ -27,8 +32,13 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fargate_runtime import Runtime, Supervisor, load_settings
-from fargate_runtime.errors import MalformedMessageError
-from fargate_runtime.idempotency import Idempotency, load_idempotency_settings, open_store
+from fargate_runtime.errors import ConfigurationError, MalformedMessageError
+from fargate_runtime.idempotency import (
+    Idempotency,
+    PostgresStore,
+    load_idempotency_settings,
+    open_store,
+)
 from fargate_runtime.sqs import (
     Consumer,
     Message,
@@ -38,12 +48,18 @@ from fargate_runtime.sqs import (
     open_sqs_client,
 )
 
-from .payments import ChargeOutcome, ChargeRequest, Ledger
+from .payments import (
+    ChargeOutcome,
+    ChargeRequest,
+    Ledger,
+    charge_in_transaction,
+    create_ledger_tables,
+)
 
 if TYPE_CHECKING:
     from fargate_runtime.idempotency import IdempotencyStore
 
-__all__ = ["ChargeHandler", "PaymentEvent", "PaymentsSettings", "Unsafe", "app"]
+__all__ = ["ChargeHandler", "LedgerKind", "PaymentEvent", "PaymentsSettings", "Unsafe", "app"]
 
 logger = logging.getLogger("examples.sqs_worker")
 
@@ -59,14 +75,30 @@ class Unsafe(enum.Enum):
     NO_IDEMPOTENCY = "no-idempotency"
 
 
+class LedgerKind(enum.Enum):
+    """Where charges are written."""
+
+    # The stand-in provider's SQLite file, called with the idempotency key (like Stripe).
+    SQLITE = "sqlite"
+    # Tables in PostgreSQL, written in the transaction that completes the event's record.
+    POSTGRES = "postgres"
+
+
 class PaymentsSettings(BaseSettings):
     """The worker's own settings (``PAYMENTS_*``); SQS and Redis have their own."""
 
     model_config = SettingsConfigDict(env_prefix="PAYMENTS_", extra="ignore", frozen=True)
 
+    ledger: LedgerKind = LedgerKind.SQLITE
+    # SQLite: the provider's file. PostgreSQL mode still records handler runs there.
     ledger_path: str = Field(default="payments-ledger.sqlite3", min_length=1)
+    # PostgreSQL mode: the schema of the payments tables (created at start if missing).
+    postgres_schema: str = Field(default="payments", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     # Demo knob: how long the "call to the provider" takes.
     handler_delay_seconds: float = Field(default=0.0, ge=0.0, le=3600.0)
+    # Demo knob: work after the charge, before the handler returns (a receipt, a notification):
+    # the window in which a crash strands a charge without its completion record.
+    after_charge_delay_seconds: float = Field(default=0.0, ge=0.0, le=3600.0)
     unsafe: Unsafe = Unsafe.NONE
 
 
@@ -99,12 +131,20 @@ class PaymentEvent:
 
 
 class ChargeHandler:
-    """Charges one event through the provider, passing the idempotency key downstream."""
+    """Charges one event through the provider, passing the idempotency key downstream.
+
+    In PostgreSQL ledger mode the charge is written in ``context.transaction()`` instead: it
+    commits with the event's completion record, or not at all.
+    """
 
     def __init__(self, ledger: Ledger, *, settings: PaymentsSettings) -> None:
         self._ledger = ledger
         self._delay = settings.handler_delay_seconds
+        self._after = settings.after_charge_delay_seconds
         self._unsafe = settings.unsafe
+        self._postgres_schema = (
+            settings.postgres_schema if settings.ledger is LedgerKind.POSTGRES else None
+        )
 
     def _downstream_key(self, event: PaymentEvent, context: MessageContext) -> str:
         if self._unsafe is Unsafe.NONE and context.idempotency_key is not None:
@@ -119,16 +159,23 @@ class ChargeHandler:
         await self._ledger.record_execution(event.event_id)  # for the drill's accounting
         if self._delay:
             await asyncio.sleep(self._delay)  # stands for the provider's latency
-        outcome = await self._ledger.charge(
-            ChargeRequest(
-                idempotency_key=self._downstream_key(event, context),
-                event_id=event.event_id,
-                account=event.account,
-                amount_cents=event.amount_cents,
-                sequence=event.sequence,
-                fencing_token=context.fencing_token,
-            )
+        request = ChargeRequest(
+            idempotency_key=self._downstream_key(event, context),
+            event_id=event.event_id,
+            account=event.account,
+            amount_cents=event.amount_cents,
+            sequence=event.sequence,
+            fencing_token=context.fencing_token,
         )
+        if self._postgres_schema is not None:
+            async with context.transaction() as tx:
+                outcome = await charge_in_transaction(tx, request, schema=self._postgres_schema)
+                if self._after:
+                    await asyncio.sleep(self._after)  # still inside: a crash rolls it back
+        else:
+            outcome = await self._ledger.charge(request)
+            if self._after:
+                await asyncio.sleep(self._after)  # charged, not yet recorded as completed
         if outcome is ChargeOutcome.REPLAYED:
             logger.info("payment replayed by the provider", extra=fields)
         else:
@@ -152,6 +199,14 @@ async def setup(rt: Runtime) -> None:
     else:
         store_settings = load_idempotency_settings()
         store: IdempotencyStore = await rt.enter(open_store(store_settings), name="idempotency")
+        if payments.ledger is LedgerKind.POSTGRES:
+            if not isinstance(store, PostgresStore):
+                raise ConfigurationError(
+                    "PAYMENTS_LEDGER=postgres needs FARGATE_RUNTIME_IDEMPOTENCY_STORE=postgres: "
+                    "the charge commits in the transaction that completes the event's record"
+                )
+            # The example's own tables; the idempotency schema is applied beforehand.
+            await create_ledger_tables(await store.transaction_pool(), payments.postgres_schema)
         consumer = Consumer(
             handler,
             client=client,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import secrets
 import shutil
@@ -15,12 +16,19 @@ import sys
 import tempfile
 import textwrap
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from ..errors import ConfigurationError
+from ..local import LocalServiceError
+from .compare import render_comparison
 from .components import ComponentsError
 from .plan import DEFAULT_WORKER, DrillConfig, expected_interruptions
 from .progress import Progress
 from .runner import DrillError, DrillOptions, run_drill
 from .table import render_table
+
+if TYPE_CHECKING:
+    from .report import DrillReport
 
 __all__ = ["configure_parser", "run_command"]
 
@@ -42,6 +50,19 @@ def _pair(text: str) -> tuple[float, float]:
         return float(low), float(high or low)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r} is not MIN,MAX seconds") from exc
+
+
+_STORES = ("redis", "postgres")
+
+
+def _stores(text: str) -> tuple[str, ...]:
+    stores = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [store for store in stores if store not in _STORES]
+    if not stores or unknown or len(set(stores)) != len(stores):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give redis, postgres, or both separated by a comma"
+        )
+    return stores
 
 
 def _assignment(text: str) -> tuple[str, str]:
@@ -202,6 +223,22 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="Redis to use (default: REDIS_URL, else a private redis-server)",
     )
+    add(
+        "--store",
+        type=_stores,
+        default=("redis",),
+        metavar="STORE[,STORE]",
+        help="where the workers keep idempotency records: redis (default) or postgres (charges "
+        "commit in the handler's transaction); 'postgres,redis' runs the same schedule on each "
+        "and shows them side by side",
+    )
+    add(
+        "--postgres-url",
+        default=None,
+        metavar="URL",
+        help="PostgreSQL for --store postgres (default: POSTGRES_URL, else 127.0.0.1:5432, "
+        "else a private server); the run gets its own schema",
+    )
     add("--json", type=Path, default=None, metavar="PATH", help="write the figures as JSON")
     add("--html", type=Path, default=None, metavar="PATH", help="write the timeline picture")
     add(
@@ -241,11 +278,41 @@ def config_from_args(args: argparse.Namespace, *, run_id: str) -> DrillConfig:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """Run the drill, print the report, write ``--json``/``--html``; return the exit code."""
+    """Run the drill once per ``--store``, print the reports, write ``--json``/``--html``."""
+    if args.restart_redis and "postgres" in args.store:
+        print(  # noqa: T201 - CLI
+            "fargate-runtime drill: cannot run: --restart-redis drills the Redis store; "
+            "drop it with --store postgres",
+            file=sys.stderr,
+        )
+        return _CANNOT_RUN
+    seed = args.seed if args.seed is not None else secrets.randbelow(1_000_000)
+    reports: dict[str, DrillReport] = {}
+    for store in args.store:
+        code, report = _run_one(args, store=store, seed=seed, several=len(args.store) > 1)
+        if report is None:
+            return code
+        reports[store] = report
+    if len(reports) > 1:
+        print(render_comparison(reports), end="")  # noqa: T201 - the report is the output
+        if args.json is not None:
+            figures = {store: report.as_json() for store, report in reports.items()}
+            args.json.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+    elif args.json is not None:
+        next(iter(reports.values())).write_json(args.json)
+    return max(report.exit_code for report in reports.values())
+
+
+def _run_one(
+    args: argparse.Namespace, *, store: str, seed: int, several: bool
+) -> tuple[int, DrillReport | None]:
+    """One drill on ``store``: (exit code, report), or (code, None) when it could not run."""
     run_id = secrets.token_hex(3)
+    args.seed = seed
     config = config_from_args(args, run_id=run_id)
     keep = args.work_dir is not None
-    work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix=f"fargate-runtime-drill-{run_id}-"))
+    base = args.work_dir / store if keep and several else args.work_dir
+    work_dir = base or Path(tempfile.mkdtemp(prefix=f"fargate-runtime-drill-{run_id}-"))
     work_dir.mkdir(parents=True, exist_ok=True)
     options = DrillOptions(
         work_dir=work_dir,
@@ -254,31 +321,32 @@ def run_command(args: argparse.Namespace) -> int:
         worker_environment=dict(args.worker_env),
         app_dir=args.app_dir,
         progress=Progress(enabled=not args.quiet),
+        store=store,
+        postgres_url=args.postgres_url,
     )
     try:
         run = asyncio.run(run_drill(config, options))
     except KeyboardInterrupt:
         # asyncio.run cancelled the drill: its workers were killed and its servers stopped.
         print(f"fargate-runtime drill: interrupted (logs kept in {work_dir})", file=sys.stderr)  # noqa: T201 - CLI
-        return _INTERRUPTED
-    except (DrillError, ComponentsError) as exc:
+        return _INTERRUPTED, None
+    except (DrillError, ComponentsError, LocalServiceError, ConfigurationError) as exc:
         print(f"fargate-runtime drill: cannot run: {exc}", file=sys.stderr)  # noqa: T201 - CLI
         print(f"(logs kept in {work_dir})", file=sys.stderr)  # noqa: T201 - CLI output
-        return _CANNOT_RUN
+        return _CANNOT_RUN, None
     report = run.report
     title = (
-        f" - seed {config.seed}, {config.workers} workers, {config.events} events, "
-        f"stop timeout {config.stop_timeout_seconds:g} s"
+        f" - {store} store, seed {config.seed}, {config.workers} workers, {config.events} "
+        f"events, stop timeout {config.stop_timeout_seconds:g} s"
     )
     print(render_table(report, title=title), end="")  # noqa: T201 - the report is the output
-    if args.json is not None:
-        report.write_json(args.json)
     if args.html is not None:
         from .picture import write_picture  # only when asked: string building only
 
-        write_picture(args.html, run.observations, report, title=title.lstrip(" -"))
+        html = args.html.with_stem(f"{args.html.stem}-{store}") if several else args.html
+        write_picture(html, run.observations, report, title=title.lstrip(" -"))
     if report.exit_code != 0 or keep:
         print(f"ledger and worker logs: {work_dir}")  # noqa: T201 - the report is the output
     else:
         shutil.rmtree(work_dir, ignore_errors=True)
-    return report.exit_code
+    return report.exit_code, report

@@ -21,11 +21,12 @@ from typing import TYPE_CHECKING
 
 from ..errors import ConfigurationError
 from ..settings import RuntimeSettings, load_settings
-from .accounting import charged_event_count, read_ledger
+from .accounting import LedgerSnapshot, charged_event_count, read_ledger
 from .components import Components, DeadLetter, QueueDepth
 from .interrupter import IncidentKind, Interrupter
 from .ledger import LEDGER_PATH_ENV, create_ledger
 from .plan import build_plan
+from .postgres import DrillPostgres
 from .producer import Producer
 from .progress import Progress, ProgressState
 from .report import Observations, build_report
@@ -67,6 +68,10 @@ class DrillOptions:
     redis_url: str | None = None
     worker_environment: dict[str, str] = field(default_factory=dict)
     app_dir: str = "."
+    # Where the workers keep idempotency records: "redis", or "postgres" (their charges then
+    # commit in the handler's transaction, in the run's own schema).
+    store: str = "redis"
+    postgres_url: str | None = None
     progress: Progress = field(default_factory=lambda: Progress(enabled=False))
 
 
@@ -141,8 +146,27 @@ class _Drill:
         self.dead: list[DeadLetter] = []
         self.dead_count = 0
         self.crash_restarts = 0
+        self.postgres: DrillPostgres | None = None
 
     async def run(self) -> DrillRun:
+        if self.options.store != "postgres":
+            return await self._run()
+        async with DrillPostgres(run_id=self.config.run_id, url=self.options.postgres_url) as pg:
+            self.postgres = pg
+            return await self._run()
+
+    async def _ledger(self) -> LedgerSnapshot:
+        if self.postgres is not None:
+            return await self.postgres.snapshot(self.ledger_path)
+        return await asyncio.to_thread(read_ledger, self.ledger_path)
+
+    async def _charged(self) -> int:
+        if self.postgres is not None:
+            return await self.postgres.charged_events()
+        charged, _ = await asyncio.to_thread(charged_event_count, self.ledger_path)
+        return charged
+
+    async def _run(self) -> DrillRun:
         config, progress = self.config, self.options.progress
         async with Components(
             run_id=config.run_id,
@@ -151,13 +175,21 @@ class _Drill:
             redis_url=self.options.redis_url,
             private_redis=config.restart_redis,
         ) as components:
+            store = f"Redis {components.redis_url}" + (
+                " (private)" if components.redis is not None else ""
+            )
+            if self.postgres is not None:
+                private = " (private)" if self.postgres.server is not None else ""
+                store = f"PostgreSQL {self.postgres.schema}{private}"
             progress.say(
-                f"drill: SQS {components.sqs_endpoint_url}, Redis {components.redis_url}"
-                f"{' (private)' if components.redis is not None else ''}, queue "
+                f"drill: SQS {components.sqs_endpoint_url}, {store}, queue "
                 f"{components.queue_url.rsplit('/', 1)[-1]}, logs in {self.options.work_dir}"
             )
             create_ledger(self.ledger_path)
             env = _worker_environment(config, self.options, components, self.ledger_path)
+            if self.postgres is not None:
+                env.update(self.postgres.worker_environment())
+                env.update(self.options.worker_environment)  # the user's --worker-env wins
             fleet = Fleet(
                 config.worker,
                 environment=env,
@@ -211,7 +243,7 @@ class _Drill:
         observations = Observations(
             plan=self.plan,
             sent=producer.sent,
-            ledger=await asyncio.to_thread(read_ledger, self.ledger_path),
+            ledger=await self._ledger(),
             dead_letters=tuple(self.dead),
             workers=tuple(w.summary() for w in fleet.workers),
             incidents=tuple(interrupter.incidents),
@@ -245,7 +277,7 @@ class _Drill:
                     raise DrillError(f"{task.get_name()} failed: {task.exception()!r}")
             await self._replace_crashed(fleet)
             self.depth = await components.depth()
-            self.charged, _ = await asyncio.to_thread(charged_event_count, self.ledger_path)
+            self.charged = await self._charged()
             self.dead_count = await components.dead_letter_count()
             self._show(producer, fleet, interrupter)
             if not sending.done() or self.depth.total:
@@ -256,7 +288,7 @@ class _Drill:
                 return False
             # Uncharged events may be in the DLQ; read it only now (it is slow-ish).
             self.dead = await components.dead_letters()
-            done = (await asyncio.to_thread(read_ledger, self.ledger_path)).charged_events()
+            done = (await self._ledger()).charged_events()
             done |= {d.event_id for d in self.dead if d.event_id is not None}
             # Twice empty in a row: nothing is in flight any more, whatever is missing is lost.
             if unique <= done or empty_ticks >= 2:
