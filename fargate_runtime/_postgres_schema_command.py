@@ -73,7 +73,7 @@ def _settings(args: argparse.Namespace) -> IdempotencySettings:
 
 async def _run(args: argparse.Namespace) -> int:
     from .idempotency import PostgresStore
-    from .idempotency.postgres_store import driver, unavailable_errors
+    from .idempotency._postgres_calls import driver, unavailable_errors
 
     settings = _settings(args)
     store = PostgresStore.from_settings(settings)

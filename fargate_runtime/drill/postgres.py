@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..idempotency._postgres_calls import driver, unavailable_errors
 from ..idempotency.postgres_schema import schema_sql
-from ..idempotency.postgres_store import driver, unavailable_errors
 from ..local import DEFAULT_POSTGRES_URL, LocalServiceError, PostgresServer, postgres_url_answers
 from .accounting import LedgerSnapshot, RecordedRequest, read_ledger
 from .ledger import ChargeOutcome, ChargeRejectedError

@@ -30,14 +30,21 @@ import random
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError, StoreUnavailableError
+from ._postgres_calls import (
+    Statements,
+    completion_arguments,
+    driver,
+    flags,
+    milliseconds,
+    unavailable_errors,
+)
 from ._store import ClaimResult, ClaimStatus, Held, StoreBase
 from .keys import fence_base
 from .postgres_schema import DEFAULT_SCHEMA, check_schema, describe_url
 from .serialization import DEFAULT_MAX_RESULT_BYTES, check_result_size
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
-    from types import ModuleType
+    from collections.abc import Callable, Mapping, Sequence
     from typing import Self
 
     import asyncpg
@@ -46,9 +53,9 @@ if TYPE_CHECKING:
     from .postgres_transaction import TransactionalClaim
     from .settings import IdempotencySettings
 
-__all__ = ["PostgresStore"]
-
 logger = logging.getLogger("fargate_runtime.idempotency.postgres")
+
+__all__ = ["PostgresStore"]
 
 _STATUSES = {
     1: ClaimStatus.ACQUIRED,
@@ -60,27 +67,6 @@ _STATUSES = {
 _MAX_CLEANUP_BATCHES = 10
 
 
-def driver() -> ModuleType:
-    """asyncpg, or ConfigurationError naming the extra that installs it."""
-    try:
-        import asyncpg
-    except ImportError as exc:
-        raise ConfigurationError(
-            "the postgres idempotency store needs asyncpg: pip install 'fargate-runtime[postgres]'"
-        ) from exc
-    return asyncpg
-
-
-def _ms(seconds: float) -> int:
-    return max(1, round(seconds * 1000))
-
-
-def unavailable_errors() -> tuple[type[BaseException], ...]:
-    """What a driver call raises when the database did not do (or confirm) the work."""
-    asyncpg = driver()
-    return (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
-
-
 class PostgresStore(StoreBase):
     """An ``IdempotencyStore`` in a PostgreSQL table, with transactions in the handler's commit.
 
@@ -88,6 +74,8 @@ class PostgresStore(StoreBase):
     ``rt.enter``) to open its pools and check the schema: an unreachable database, a missing
     schema or missing rights raise ConfigurationError (exit 78 at start). While open it deletes
     expired records every ``cleanup_interval_seconds``, ``cleanup_batch_size`` at a time.
+    ``pool_options`` go to ``asyncpg.create_pool`` (e.g. ``ssl``, or ``statement_cache_size=0``
+    behind PgBouncer in transaction mode).
     """
 
     def __init__(
@@ -105,6 +93,7 @@ class PostgresStore(StoreBase):
         cleanup: bool = True,
         cleanup_interval_seconds: float = 60.0,
         cleanup_batch_size: int = 1000,
+        pool_options: Mapping[str, Any] | None = None,
     ) -> None:
         for name, value in (
             ("pool_size", pool_size),
@@ -125,18 +114,21 @@ class PostgresStore(StoreBase):
         self._transaction_pool_size = transaction_pool_size
         self._connect_timeout = connect_timeout_seconds
         self.call_timeout_seconds = call_timeout_seconds
-        self._idle_timeout_ms = _ms(idle_in_transaction_timeout_seconds)
+        self._idle_timeout_ms = milliseconds(idle_in_transaction_timeout_seconds)
         self._max_result_bytes = max_result_bytes
         self._cleanup = cleanup
         self._cleanup_interval = cleanup_interval_seconds
         self._cleanup_batch = cleanup_batch_size
+        # Passed to asyncpg.create_pool for both pools: ssl, statement_cache_size=0 behind
+        # PgBouncer in transaction mode, connection_class, init, ...
+        self._pool_options = dict(pool_options or {})
         self._pool: asyncpg.Pool | None = None
         self._transaction_pool: asyncpg.Pool | None = None
         self._cleaner: asyncio.Task[None] | None = None
         self._opening = asyncio.Lock()
         self.where = describe_url(url)
         self.round_trips = 0  # calls made on the store's own pool (for benchmarks and tests)
-        self._sql = _Statements(schema)
+        self._sql = Statements(schema)
 
     @classmethod
     def from_settings(cls, settings: IdempotencySettings) -> PostgresStore:
@@ -175,8 +167,10 @@ class PostgresStore(StoreBase):
                 "min_size": 1,
                 "timeout": self._connect_timeout,
                 "password": self._password,
+                **self._pool_options,
                 "server_settings": {
                     "application_name": "fargate-runtime",
+                    **self._pool_options.get("server_settings", {}),
                     "idle_in_transaction_session_timeout": str(self._idle_timeout_ms),
                 },
             }
@@ -274,7 +268,7 @@ class PostgresStore(StoreBase):
             [request.key for request in requests],
             [request.fingerprint for request in requests],
             owner,
-            _ms(lease_seconds),
+            milliseconds(lease_seconds),
         )
         results: list[ClaimResult | None] = [None] * len(requests)
         for index, status, token, result in rows:
@@ -316,7 +310,7 @@ class PostgresStore(StoreBase):
             self._sql.renew,
             [h.key for h in held],
             [h.token for h in held],
-            _ms(lease_seconds),
+            milliseconds(lease_seconds),
         )
         return flags(rows, len(held))
 
@@ -344,7 +338,7 @@ class PostgresStore(StoreBase):
         )
 
     @property
-    def statements(self) -> _Statements:
+    def statements(self) -> Statements:
         """The SQL of each call, for the transactional form (same functions, caller's tx)."""
         return self._sql
 
@@ -376,43 +370,3 @@ class PostgresStore(StoreBase):
                 continue
             if deleted:
                 logger.info("expired idempotency records deleted", extra={"deleted": deleted})
-
-
-class _Statements:
-    """The calls of the schema's functions, qualified by the (validated) schema name."""
-
-    __slots__ = ("claim", "cleanup", "complete", "record_step", "release", "renew", "steps")
-
-    def __init__(self, schema: str) -> None:
-        # The schema name is validated against [a-z_][a-z0-9_]* by the settings and the schema
-        # check, so it can be part of the statement; every value goes as a parameter.
-        s = schema
-        self.claim = f"SELECT * FROM {s}.idempotency_claim($1::text[], $2::text[], $3, $4)"  # noqa: S608
-        self.complete = (
-            f"SELECT * FROM {s}.idempotency_complete($1::text[], $2::bigint[], $3::bytea[], $4)"  # noqa: S608
-        )
-        self.release = f"SELECT * FROM {s}.idempotency_release($1::text[], $2::bigint[])"  # noqa: S608
-        self.renew = f"SELECT * FROM {s}.idempotency_renew($1::text[], $2::bigint[], $3)"  # noqa: S608
-        self.record_step = f"SELECT {s}.idempotency_record_step($1, $2, $3, $4)"
-        self.steps = f"SELECT {s}.idempotency_steps($1, $2)"
-        self.cleanup = f"SELECT {s}.idempotency_cleanup($1)"
-
-
-def completion_arguments(
-    completions: Sequence[Completion], *, retention_seconds: float
-) -> tuple[list[str], list[int], list[bytes], int]:
-    """The ``idempotency_complete`` arguments for ``completions``."""
-    return (
-        [c.key for c in completions],
-        [c.token for c in completions],
-        [c.result for c in completions],
-        _ms(retention_seconds),
-    )
-
-
-def flags(rows: Sequence[asyncpg.Record], count: int) -> list[bool]:
-    """``(o_index, o_done)`` rows back in input order."""
-    answers = [False] * count
-    for index, done in rows:
-        answers[index - 1] = bool(done)
-    return answers

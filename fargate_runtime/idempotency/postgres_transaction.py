@@ -36,8 +36,8 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LeaseLostError, StoreUnavailableError
+from ._postgres_calls import completion_arguments, flags, unavailable_errors
 from ._store import Completion
-from .postgres_store import completion_arguments, flags, unavailable_errors
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
