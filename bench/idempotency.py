@@ -14,7 +14,9 @@ write (a pipeline would count once); server work comes from ``INFO commandstats`
 a script counts as itself plus the commands it runs. Time per message is the median of
 ``ROUNDS`` rounds; the speedup is the median of per-round ratios (ours and Powertools' run back
 to back in every round). Powertools runs without payload validation, see ``_powertools``.
-Writes ``bench/results/idempotency.json``.
+Writes ``bench/results/idempotency.json``. The PostgreSQL store's figures (``postgres``: the
+same forms, and the transactional form against a handler's own commit) come from
+``bench._postgres``, on the machine's PostgreSQL.
 
 The loopback speedup depends on what a round trip costs here, which the JSON records (a plain
 synchronous PING, before and after). On this 2-core virtual machine that swings between about
@@ -56,6 +58,8 @@ from fargate_runtime.idempotency import (
     open_store,
 )
 from fargate_runtime.local import RedisServer, free_port
+
+from ._postgres import measure_postgres
 
 RESULTS = Path(__file__).parent / "results" / "idempotency.json"
 MESSAGES = 500
@@ -374,7 +378,10 @@ def main() -> dict[str, object]:
         with RedisServer() as server:
             result = _run(server.url)
             result["behind_network_latency"] = _run_behind_latency(server.url)
+    postgres = _postgres_beside(cast("dict[str, Any]", result["variants"]))
+    result["postgres"] = postgres
     _print(result)
+    _print_postgres(postgres)
     behind = cast("dict[str, Any]", result["behind_network_latency"])
     speedups = ", ".join(f"{k} {v:.2f}x" for k, v in behind["speedup_vs_powertools"].items())
     print(f"behind a proxy adding {behind['one_way_ms']:g} ms each way (a network hop): {speedups}")
@@ -383,6 +390,46 @@ def main() -> dict[str, object]:
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     tmp.replace(RESULTS)
     return result
+
+
+POSTGRES_ROUNDS = 5
+
+
+def _postgres_beside(redis_variants: dict[str, Any]) -> dict[str, Any]:
+    """The PostgreSQL store on the same events (see ``bench._postgres``), with its ratios to the
+    Redis store and to Powertools (medians of separate runs: not interleaved round by round)."""
+    figures = measure_postgres(
+        messages=MESSAGES, rounds=POSTGRES_ROUNDS, event=_event, handle=_handle
+    )
+    ratios: dict[str, float] = {}
+    for form in ("single", "batch10"):
+        for kind in ("new", "repeat"):
+            ours = figures["variants"][f"postgres_{form}_{kind}"]["us_per_message"]
+            ratios[f"powertools_over_postgres_{form}_{kind}"] = round(
+                redis_variants[f"powertools_{form}_{kind}"]["us_per_message"] / ours, 2
+            )
+            ratios[f"postgres_over_redis_{form}_{kind}"] = round(
+                ours / redis_variants[f"fargate_runtime_{form}_{kind}"]["us_per_message"], 2
+            )
+    figures["ratios"] = ratios
+    return figures
+
+
+def _print_postgres(figures: dict[str, Any]) -> None:
+    print(f"PostgreSQL {figures['server_version']} (same events):")
+    for name, row in figures["variants"].items():
+        print(
+            f"{name:38} {row['round_trips_per_message']:>8.3f} round trips/msg "
+            f"{row['us_per_message']:>9.1f} us/msg"
+        )
+    targets = figures["targets"]
+    print(
+        f"transactional form: +{figures['transactional_extra_round_trips_per_message']} round "
+        f"trips per message over a handler's own commit (target <= "
+        f"{targets['transactional_extra_round_trips_max']:g}); batch of 10 <= "
+        f"{targets['batch_round_trips_per_message_max']}: {'met' if targets['met'] else 'NOT met'}"
+    )
+    print("ratios: " + ", ".join(f"{k} {v:g}x" for k, v in figures["ratios"].items()))
 
 
 # One way, in milliseconds: a same-AZ client of ElastiCache sees a few hundred microseconds of

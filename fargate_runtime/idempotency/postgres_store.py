@@ -67,6 +67,10 @@ _STATUSES = {
 _MAX_CLEANUP_BATCHES = 10
 
 
+async def _no_reset(connection: asyncpg.Connection) -> None:
+    """A store connection goes back to its pool as it is (see ``PostgresStore.open``)."""
+
+
 class PostgresStore(StoreBase):
     """An ``IdempotencyStore`` in a PostgreSQL table, with transactions in the handler's commit.
 
@@ -178,7 +182,12 @@ class PostgresStore(StoreBase):
             # ValueError: asyncpg's answer to a URL it cannot parse.
             failures: tuple[type[BaseException], ...] = (*unavailable_errors(), ValueError)
             try:
-                pool = await pg.create_pool(self._url, max_size=self._pool_size, **options)
+                # The store's own connections only ever run one function call, leaving no
+                # session state behind: asyncpg's reset on release (RESET ALL, UNLISTEN, ...)
+                # would double every call's round trips. Handlers' connections keep it.
+                pool = await pg.create_pool(
+                    self._url, max_size=self._pool_size, reset=_no_reset, **options
+                )
                 async with pool.acquire() as connection:
                     await check_schema(connection, self.schema)
                 transactions = await pg.create_pool(
