@@ -248,8 +248,22 @@ class PostgresStore(StoreBase):
         try:
             pool = await self._store_pool()
             self.round_trips += 1
-            async with asyncio.timeout(self.call_timeout_seconds):
-                return await pool.fetch(query, *args)
+            deadline = asyncio.get_running_loop().time() + self.call_timeout_seconds
+            async with asyncio.timeout_at(deadline):
+                connection = await pool.acquire()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    return await connection.fetch(query, *args)
+            except driver().PostgresError:
+                raise  # the server answered with an error: the connection is fine
+            except BaseException:
+                # Cut off mid-call (timeout, cancellation, a broken socket): drop the connection
+                # rather than wait for the server to acknowledge a cancel; a frozen server
+                # never would, and the release below would wait with it.
+                connection.terminate()
+                raise
+            finally:
+                await pool.release(connection)
         except ConfigurationError as exc:
             raise StoreUnavailableError(f"the idempotency {what} failed: {exc}") from exc
         except unavailable_errors() as exc:

@@ -225,7 +225,9 @@ class TransactionalClaim:
                 await _abort(connection, transaction, exc)
                 raise
         finally:
-            await pool.release(connection)
+            # Bounded: the reset on release is a round trip too, and a server that froze after
+            # our COMMIT must not hold the handler (asyncpg closes the connection on timeout).
+            await pool.release(connection, timeout=store.call_timeout_seconds)
         if step is None:
             self.completed = True
             if self._on_completed is not None:

@@ -7,7 +7,7 @@ import argparse
 import pytest
 
 from fargate_runtime.cli import COMMANDS
-from fargate_runtime.drill.cli import config_from_args, configure_parser
+from fargate_runtime.drill.cli import config_from_args, configure_parser, run_command
 from fargate_runtime.drill.plan import DEFAULT_WORKER
 
 
@@ -62,3 +62,22 @@ def test_drill_and_local_are_registered_commands() -> None:
     """The console script knows both subcommands."""
     assert COMMANDS["drill"][0] == "fargate_runtime.drill.cli"
     assert COMMANDS["local"][0] == "fargate_runtime.drill.local_command"
+
+
+def test_store_takes_one_store_or_both_in_order() -> None:
+    """--store postgres,redis runs both (in that order); anything else is a usage error."""
+    assert parse().store == ("redis",)
+    assert parse("--store", "postgres,redis").store == ("postgres", "redis")
+    for bad in ("mysql", "redis,redis", ""):
+        with pytest.raises(SystemExit) as exit_info:
+            parse("--store", bad)
+        assert exit_info.value.code == 2
+
+
+def test_restarting_redis_under_the_postgres_store_is_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--restart-redis with --store postgres cannot run (exit 2) and says why in one line."""
+    code = run_command(parse("--store", "postgres", "--restart-redis"))
+    assert code == 2
+    assert capsys.readouterr().err.count("\n") == 1

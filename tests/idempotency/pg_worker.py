@@ -1,8 +1,10 @@
 """A worker process for the crash tests: claim a key, write in a transaction, stop at a point.
 
-``python -m tests.idempotency.pg_worker URL SCHEMA KEY before-commit|after-commit`` prints a
-JSON line ``{"event": "written"}`` (inside the open transaction) or ``{"event": "committed"}``
-(after COMMIT) and then blocks on stdin until the test kills it.
+``python -m tests.idempotency.pg_worker URL SCHEMA KEY MODE`` prints a JSON line and then
+blocks on stdin until the test kills it. MODE ``before-commit``: ``{"event": "written"}`` inside
+the open transaction; ``after-commit``: ``{"event": "committed"}`` after the COMMIT that
+completes the key; ``after-step``: ``{"event": "stepped"}`` after committing the recovery point
+``charged`` of a two-step effect, before its second step.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ async def main(url: str, schema: str, key: str, mode: str) -> None:
         assert result.status is ClaimStatus.ACQUIRED
         assert result.token is not None
         work = store.work(Held(key, result.token), retention_seconds=3600)
+        if mode == "after-step":
+            async with work.step("charged") as tx:
+                await tx.execute(f"INSERT INTO {schema}.charges VALUES ($1, 1)", key)
+            _say("stepped", result.token)
+            await asyncio.to_thread(sys.stdin.readline)  # the test SIGKILLs us here
         async with work.transaction() as tx:
             await tx.execute(f"INSERT INTO {schema}.charges VALUES ($1, 1)", key)
             if mode == "before-commit":

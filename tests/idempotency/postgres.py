@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -46,7 +46,7 @@ class PostgresSchema:
             await connection.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
             await connection.close()
 
-    async def fetchval(self, query: str, *args: object) -> object:
+    async def fetchval(self, query: str, *args: object) -> Any:
         """One query on a connection of its own (to look at rows behind the store's back)."""
         connection = await asyncpg.connect(self.url)
         try:

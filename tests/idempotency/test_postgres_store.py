@@ -7,6 +7,7 @@ after its COMMIT, a private PostgreSQL stopped and started again.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -231,6 +232,79 @@ async def test_a_worker_sigkilled_around_its_commit_leaves_both_or_neither(
     ).transaction() as tx:
         await tx.execute(f"INSERT INTO {postgres_schema.name}.charges VALUES ($1, 1)", name)
     assert await postgres_schema.fetchval("SELECT count(*) FROM charges") == 1
+
+
+@pytest.mark.process
+async def test_a_worker_sigkilled_between_steps_is_resumed_after_its_last_step(
+    postgres_store: PostgresStore, postgres_schema: PostgresSchema
+) -> None:
+    """A two-step effect killed after its first step: the next claim sees the step, skips it,
+    and completes with the second; the first step's write exists once."""
+    await postgres_schema.fetchval("CREATE TABLE charges (event_id text, amount integer)")
+    name = key("two-steps")
+    argv = [sys.executable, "-m", "tests.idempotency.pg_worker", postgres_schema.url,
+            postgres_schema.name, name, "after-step"]  # fmt: skip
+    with Child(argv, cwd=REPO) as child:
+        line = child.wait_for(lambda line: line.get("event") == "stepped")
+        child.signal(signal.SIGKILL)
+        assert child.wait(timeout=10) == -signal.SIGKILL
+    await wait_until_forgotten(postgres_store, name)
+    taken = await postgres_store.claim(name, "fp", owner="next-worker", lease_seconds=LEASE)
+    assert taken.token is not None
+    assert taken.token > line["token"]
+    work = postgres_store.work(Held(name, taken.token), retention_seconds=60)
+    assert await work.recovery_point() == "charged"
+    async with work.transaction() as tx:  # the second step, which completes the key
+        await tx.execute(f"INSERT INTO {postgres_schema.name}.charges VALUES ($1, 2)", name)
+    amounts = await postgres_schema.fetchval("SELECT string_agg(amount::text, ',') FROM charges")
+    assert amounts == "1,2"
+
+
+async def test_the_background_cleanup_deletes_expired_records(
+    postgres_schema: PostgresSchema,
+) -> None:
+    """An open store with cleanup on removes an expired claim by itself, and nothing live."""
+    store = PostgresStore(
+        postgres_schema.url, schema=postgres_schema.name, cleanup_interval_seconds=0.05
+    )
+    async with store:
+        await store.claim(key("expired"), "fp", owner="o", lease_seconds=SHORT_LEASE_SECONDS)
+        await store.claim(key("live"), "fp", owner="o", lease_seconds=LEASE)
+        await wait_until_forgotten(store, key("expired"))
+        async with asyncio.timeout(10):
+            # The cleanup runs on its own interval; its only trace is the row going away.
+            while await postgres_schema.fetchval("SELECT count(*) FROM idempotency_records") > 1:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        remaining = await postgres_schema.fetchval("SELECT key FROM idempotency_records")
+        assert remaining == key("live")
+
+
+async def test_a_frozen_database_backend_fails_closed_within_the_call_timeout(
+    postgres_schema: PostgresSchema,
+) -> None:
+    """SIGSTOP of the store's server process: the call fails closed (StoreUnavailableError)
+    after the call timeout; after SIGCONT the store works again."""
+    store = PostgresStore(
+        postgres_schema.url, schema=postgres_schema.name, pool_size=1,
+        call_timeout_seconds=1.0, cleanup=False,
+    )  # fmt: skip
+    async with store:
+        pool = await store.transaction_pool()
+        await store.claim(key("before"), "fp", owner="o", lease_seconds=LEASE)
+        # The one connection of the store's pool, as PostgreSQL knows it.
+        backend = await pool.fetchval(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'fargate-runtime'"
+            " AND pid <> pg_backend_pid() AND datname = current_database()"
+            " ORDER BY backend_start LIMIT 1"
+        )
+        os.kill(backend, signal.SIGSTOP)
+        try:
+            with pytest.raises(StoreUnavailableError, match="failed the idempotency claim"):
+                await store.claim(key("during"), "fp", owner="o", lease_seconds=LEASE)
+        finally:
+            os.kill(backend, signal.SIGCONT)
+        after = await store.claim(key("after"), "fp", owner="o", lease_seconds=LEASE)
+        assert after.status is ClaimStatus.ACQUIRED
 
 
 async def test_the_schema_command_prints_applies_and_checks(postgres_url: str) -> None:
