@@ -116,7 +116,7 @@ class PostgresStore(StoreBase):
         self.schema = schema
         self._pool_size = pool_size
         self._transaction_pool_size = transaction_pool_size
-        self._connect_timeout = connect_timeout_seconds
+        self.connect_timeout_seconds = connect_timeout_seconds
         self.call_timeout_seconds = call_timeout_seconds
         self._idle_timeout_ms = milliseconds(idle_in_transaction_timeout_seconds)
         self._max_result_bytes = max_result_bytes
@@ -169,7 +169,7 @@ class PostgresStore(StoreBase):
             pg = driver()
             options: dict[str, Any] = {
                 "min_size": 1,
-                "timeout": self._connect_timeout,
+                "timeout": self.connect_timeout_seconds,
                 "password": self._password,
                 **self._pool_options,
                 "server_settings": {
@@ -223,7 +223,7 @@ class PostgresStore(StoreBase):
         for pool in (self._transaction_pool, self._pool):
             if pool is not None:
                 try:
-                    await asyncio.wait_for(pool.close(), self._connect_timeout)
+                    await asyncio.wait_for(pool.close(), self.connect_timeout_seconds)
                 except unavailable_errors():  # TimeoutError included
                     pool.terminate()
         self._pool = self._transaction_pool = None

@@ -202,7 +202,8 @@ class TransactionalClaim:
         store = self._store
         try:
             pool = await store.transaction_pool()
-            connection = await pool.acquire(timeout=store.call_timeout_seconds)
+            # A handler may wait its turn for a connection (backpressure), not for ever.
+            connection = await pool.acquire(timeout=store.connect_timeout_seconds)
         except Exception as exc:
             raise StoreUnavailableError(
                 f"no PostgreSQL connection for a transaction at {store.where}: {exc!r}"
