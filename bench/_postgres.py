@@ -31,10 +31,10 @@ import asyncpg
 from fargate_runtime.idempotency import (
     ClaimRequest,
     ClaimStatus,
-    Completion,
     Held,
     Idempotency,
     PostgresStore,
+    StoreBase,
     fingerprint,
     schema_sql,
 )
@@ -75,32 +75,9 @@ class CountingConnection(asyncpg.Connection):
 Form = Callable[[list[dict[str, Any]]], Awaitable[None]]
 
 
-def _forms(store: PostgresStore, idem: Idempotency, table: str, handle: Any) -> dict[str, Form]:
-    async def single(events: list[dict[str, Any]]) -> None:
-        for event in events:
-            async with idem.guard("payments", event["id"], payload=event) as claim:
-                if not claim.replayed:
-                    claim.set_result(handle(event))
-
-    async def batched(events: list[dict[str, Any]]) -> None:
-        for start in range(0, len(events), BATCH):
-            batch = events[start : start + BATCH]
-            results = await store.claim_many(
-                [ClaimRequest(idem.key("batch", e["id"]), fingerprint(e)) for e in batch],
-                owner=idem.owner,
-                lease_seconds=idem.lease_seconds,
-            )
-            completions = [
-                Completion(r.key, r.token, idem.serializer.dumps(handle(e)))
-                for e, r in zip(batch, results, strict=True)
-                if r.status is ClaimStatus.ACQUIRED and r.token is not None
-            ]
-            for result in results:
-                if result.status is ClaimStatus.COMPLETED:
-                    idem.serializer.loads(result.result or b"null")
-            if completions:
-                await store.complete_many(completions, retention_seconds=idem.retention_seconds)
-
+def _forms(
+    store: PostgresStore, idem: Idempotency, table: str, ours: dict[str, Form]
+) -> dict[str, Form]:
     async def plain(events: list[dict[str, Any]]) -> None:
         pool = await store.transaction_pool()
         for event in events:
@@ -125,8 +102,8 @@ def _forms(store: PostgresStore, idem: Idempotency, table: str, handle: Any) -> 
                     await tx.execute(f"INSERT INTO {table} VALUES ($1, $2)", event["id"], 2)  # noqa: S608 - our table
 
     return {
-        "postgres_single": single,
-        "postgres_batch10": batched,
+        "postgres_single": ours["fargate_runtime_single"],
+        "postgres_batch10": ours["fargate_runtime_batch10"],
         "handler_commit_plain": plain,
         "handler_commit_transactional": transactional,
     }
@@ -138,7 +115,7 @@ async def _measure(
     messages: int,
     rounds: int,
     event: Callable[[int, str], dict[str, Any]],
-    handle: Callable[[dict[str, Any]], dict[str, Any]],
+    forms: Callable[[StoreBase, Idempotency], dict[str, Form]],
 ) -> dict[str, Any]:
     schema = f"frt_bench_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(url)
@@ -151,14 +128,14 @@ async def _measure(
         )
         async with store:
             idem = Idempotency(store, prefix="bench", owner="bench", heartbeat=False)
-            forms = _forms(store, idem, f"{schema}.charges", handle)
-            for name, form in forms.items():  # connections open, statements prepared
+            variants = _forms(store, idem, f"{schema}.charges", forms(store, idem))
+            for name, form in variants.items():  # connections open, statements prepared
                 await form([event(i, f"warm-{name}") for i in range(3 * BATCH)])
             samples: dict[str, list[tuple[float, int]]] = {
-                f"{name}_{kind}": [] for name in forms for kind in ("new", "repeat")
+                f"{name}_{kind}": [] for name in variants for kind in ("new", "repeat")
             }
             for round_ in range(rounds):
-                for name, form in forms.items():
+                for name, form in variants.items():
                     events = [event(i, f"{name}-{round_}") for i in range(messages)]
                     for kind in ("new", "repeat"):
                         calls, started = _Counter.calls, time.perf_counter()
@@ -199,10 +176,10 @@ def measure_postgres(
     messages: int,
     rounds: int,
     event: Callable[[int, str], dict[str, Any]],
-    handle: Callable[[dict[str, Any]], dict[str, Any]],
+    forms: Callable[[StoreBase, Idempotency], dict[str, Form]],
 ) -> dict[str, Any]:
-    """Run the PostgreSQL variants (``event``/``handle`` as the Redis variants use them)."""
+    """Run the PostgreSQL variants: the Redis variants' ``forms`` (guard, batch of 10) on the
+    PostgreSQL store, and a handler's own commit without and with the transactional form."""
     with answering_postgres() as url:
-        return asyncio.run(
-            _measure(url, messages=messages, rounds=rounds, event=event, handle=handle)
-        )
+        coroutine = _measure(url, messages=messages, rounds=rounds, event=event, forms=forms)
+        return asyncio.run(coroutine)

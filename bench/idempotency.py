@@ -54,6 +54,7 @@ from fargate_runtime.idempotency import (
     Idempotency,
     IdempotencySettings,
     RedisStore,
+    StoreBase,
     fingerprint,
     open_store,
 )
@@ -138,7 +139,7 @@ def _summary(rounds: list[_Measure]) -> dict[str, Any]:
 # --- fargate-runtime -------------------------------------------------------------------------
 
 
-def _ours(store: RedisStore, idem: Idempotency) -> dict[str, Form]:
+def _ours(store: StoreBase, idem: Idempotency) -> dict[str, Form]:
     async def single(events: list[dict[str, Any]]) -> None:
         for event in events:
             async with idem.guard("payments", event["id"], payload=event) as claim:
@@ -398,9 +399,7 @@ POSTGRES_ROUNDS = 5
 def _postgres_beside(redis_variants: dict[str, Any]) -> dict[str, Any]:
     """The PostgreSQL store on the same events (see ``bench._postgres``), with its ratios to the
     Redis store and to Powertools (medians of separate runs: not interleaved round by round)."""
-    figures = measure_postgres(
-        messages=MESSAGES, rounds=POSTGRES_ROUNDS, event=_event, handle=_handle
-    )
+    figures = measure_postgres(messages=MESSAGES, rounds=POSTGRES_ROUNDS, event=_event, forms=_ours)
     ratios: dict[str, float] = {}
     for form in ("single", "batch10"):
         for kind in ("new", "repeat"):

@@ -97,13 +97,17 @@ class _Process:
     def start(self) -> None:
         raise NotImplementedError
 
+    # How a server is asked to stop, and how long it gets before SIGKILL.
+    stop_signal = signal.SIGTERM
+    stop_seconds = 5.0
+
     def stop(self) -> None:
         """Stop the server; whatever it held in memory is gone."""
         if self.process is None:
             return
-        self.process.terminate()
+        self.process.send_signal(self.stop_signal)
         try:
-            self.process.wait(timeout=5)
+            self.process.wait(timeout=self.stop_seconds)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
@@ -286,6 +290,11 @@ class PostgresServer(_Process):
     ``postgres`` user that Debian's package creates.
     """
 
+    # Fast shutdown: clients disconnected, their transactions rolled back (SIGTERM would wait
+    # for every client to leave).
+    stop_signal = signal.SIGINT
+    stop_seconds = 10.0
+
     def __init__(self, *, port: int | None = None) -> None:
         super().__init__(port)
         self._dir: tempfile.TemporaryDirectory[str] | None = None
@@ -350,17 +359,6 @@ class PostgresServer(_Process):
         except OSError:
             return False
         return len(lines) >= 8 and lines[7].strip() == "ready"
-
-    def stop(self) -> None:
-        """Fast shutdown (SIGINT: clients disconnected, transactions rolled back)."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
 
     def close(self) -> None:
         """Stop and remove the cluster's directory."""
