@@ -32,10 +32,11 @@ from fargate_runtime.idempotency import (
 from fargate_runtime.local import PostgresServer, free_port
 from tests.idempotency.conftest import SHORT_LEASE_SECONDS
 from tests.idempotency.postgres import PostgresSchema, wait_until_forgotten
-from tests.processes import REPO, Child
+from tests.processes import REPO, Child, runtime_argv
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
 pytestmark = pytest.mark.integration
 
@@ -305,6 +306,32 @@ async def test_a_frozen_database_backend_fails_closed_within_the_call_timeout(
             os.kill(backend, signal.SIGCONT)
         after = await store.claim(key("after"), "fp", owner="o", lease_seconds=LEASE)
         assert after.status is ClaimStatus.ACQUIRED
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("problem", ["no schema", "no database"])
+def test_a_worker_on_an_unusable_database_exits_78_with_one_line(
+    problem: str, postgres_url: str, tmp_path: Path
+) -> None:
+    """The example worker on the PostgreSQL store, without its schema or its database: exit 78
+    before consuming anything, one critical line naming the fix, no traceback."""
+    url = postgres_url if problem == "no schema" else f"postgresql://a@127.0.0.1:{free_port()}/a"
+    env = {
+        "FARGATE_RUNTIME_IDEMPOTENCY_STORE": "postgres",
+        "FARGATE_RUNTIME_IDEMPOTENCY_POSTGRES_URL": url,
+        "FARGATE_RUNTIME_IDEMPOTENCY_POSTGRES_SCHEMA": "frt_never_applied",
+        "FARGATE_RUNTIME_IDEMPOTENCY_POSTGRES_CONNECT_TIMEOUT_SECONDS": "1",
+        "FARGATE_RUNTIME_SQS_QUEUE_URL": "http://127.0.0.1:9/000000000000/q",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "PAYMENTS_LEDGER_PATH": str(tmp_path / "ledger.sqlite3"),
+    }
+    with Child(runtime_argv("examples.sqs_worker.app:app"), env=env) as child:
+        assert child.wait(timeout=30) == 78, child.output()
+    critical = [line for line in child.lines if line.get("level") == "CRITICAL"]
+    assert len(critical) == 1, child.output()
+    expected = "postgres-schema --apply" if problem == "no schema" else "cannot use PostgreSQL"
+    assert expected in critical[0]["message"]
+    assert "Traceback" not in child.output()
 
 
 async def test_the_schema_command_prints_applies_and_checks(postgres_url: str) -> None:
