@@ -9,6 +9,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from .._work import Work, running
 from ..errors import IdempotencyKeyError, MalformedMessageError
 from ..idempotency import ClaimRequest, ClaimStatus, FailurePolicy, Held
 from ..logging import bind_log_context
@@ -23,6 +24,9 @@ from .backoff import Retry, clamp_visibility
 from .context import BatchContext, MessageContext
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine
+    from typing import Any
+
     from ..lifecycle import Lifecycle
     from ._holdings import Holdings
     from .backoff import Backoff
@@ -54,8 +58,12 @@ class Runner:
         keys: MessageKeys | None,
         completer: Completer | None,
         backoff: Backoff,
+        spawn: Callable[[Coroutine[Any, Any, Any], str], asyncio.Task[Any]],
     ) -> None:
         self._holdings = holdings
+        self._spawn = spawn
+        # A handler raised SystemExit or KeyboardInterrupt: the consumer drains, then raises it.
+        self.stop_error: BaseException | None = None
         self._stats = holdings.stats
         self._settings = holdings.settings
         self._lifecycle = lifecycle
@@ -87,11 +95,14 @@ class Runner:
             groups: dict[str | None, list[InFlight]] = {}
             for item in items:
                 groups.setdefault(item.message.group_id, []).append(item)
-            await asyncio.gather(*(self._run_group(group) for group in groups.values()))
+            for group in groups.values():
+                self._spawn(self._run_group(group), "sqs-group")
         else:
-            await asyncio.gather(
-                *(self._run_one(item) for item in items if item.state is MessageState.RECEIVED)
-            )
+            # One task per message (not a gather): each is cancelled on its own, through the
+            # lifecycle, so a handler's own cleanup scope holds off the cancel.
+            for item in items:
+                if item.state is MessageState.RECEIVED:
+                    self._spawn(self._run_one(item), "sqs-handler")
 
     async def _claim(self, keys: MessageKeys, items: list[InFlight]) -> None:
         """One round trip claims the batch; what may not run is settled here."""
@@ -230,6 +241,7 @@ class Runner:
             return False
         assert self._handler is not None  # noqa: S101 - single-message mode
         item.state = MessageState.RUNNING
+        item.task = asyncio.current_task()
         self._stats.started += 1
         self._started(1)
         delay: float | None = None
@@ -238,12 +250,15 @@ class Runner:
         try:
             with (
                 bind_log_context(message_id=item.message_id, idempotency_key=item.key),
+                running(item.work),
                 self._span(item, self._run_outcome(item)),
             ):
                 await self._handler(message, self._context(item))
         except Retry as signal:
             outcome, delay = _Outcome.RETRY, signal.delay_seconds
-        except Exception as exc:  # noqa: BLE001 - a handler's failure is logged and retried
+        except BaseException as exc:
+            if _being_cancelled(exc):
+                raise
             outcome = _Outcome.FAILED
             self._log_failure(item, exc)
         else:
@@ -260,8 +275,12 @@ class Runner:
         if not items:
             return
         assert self._batch_handler is not None  # noqa: S101 - batch mode
+        task = asyncio.current_task()
+        work = Work()  # one handler call for the batch: its threads belong to every message
         for item in items:
             item.state = MessageState.RUNNING
+            item.task = task
+            item.work = work
         self._stats.started += len(items)
         context = BatchContext(
             self._lifecycle, contexts={item.message_id: self._context(item) for item in items}
@@ -269,13 +288,17 @@ class Runner:
         self._started(len(items))
         began = time.perf_counter()
         try:
-            await self._batch_handler([item.message for item in items], context)
+            with running(work):
+                await self._batch_handler([item.message for item in items], context)
         except Retry as signal:
             failures: dict[str, float | None] = dict.fromkeys(
                 (item.message_id for item in items), signal.delay_seconds
             )
-        except Exception as exc:
+        except BaseException as exc:
+            if _being_cancelled(exc):
+                raise
             logger.error("batch handler failed", exc_info=exc, extra={"count": len(items)})
+            self._stop_on(exc)
             failures = dict.fromkeys(item.message_id for item in items)
         else:
             failures = context.failures
@@ -333,7 +356,7 @@ class Runner:
         metrics.in_flight.add(-count, metrics.attributes)
         metrics.handler_duration.record(time.perf_counter() - began, metrics.attributes)
 
-    def _log_failure(self, item: InFlight, exc: Exception) -> None:
+    def _log_failure(self, item: InFlight, exc: BaseException) -> None:
         extra = {"message_id": item.message_id, "receive_count": item.message.receive_count}
         if isinstance(exc, MalformedMessageError):
             self._stats.malformed += 1
@@ -343,6 +366,13 @@ class Runner:
             )
         else:
             logger.error("handler failed", exc_info=exc, extra=extra)
+        self._stop_on(exc)
+
+    def _stop_on(self, exc: BaseException) -> None:
+        """A handler raised SystemExit/KeyboardInterrupt: drain and stop the process (exit 1)."""
+        if isinstance(exc, (SystemExit, KeyboardInterrupt)) and self.stop_error is None:
+            self.stop_error = exc
+            self._lifecycle.request_shutdown(f"a handler raised {type(exc).__name__}")
 
     async def _succeed(self, item: InFlight) -> bool:
         """Stop the heartbeat, record the completion, then delete."""
@@ -381,6 +411,18 @@ class Runner:
         else:
             seconds = clamp_visibility(delay_seconds)
         self._holdings.back_off(item, seconds=seconds)
+
+
+def _being_cancelled(exc: BaseException) -> bool:
+    """True for the CancelledError of a cancel someone asked for (the drain deadline).
+
+    A handler that raises CancelledError (or GeneratorExit) itself, with nobody cancelling its
+    task, has failed like any other: the message is released with back-off, its slot freed.
+    """
+    if not isinstance(exc, asyncio.CancelledError):
+        return False
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _trace_attributes(message: Message) -> dict[str, dict[str, str]]:
