@@ -55,6 +55,7 @@ SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 PULSE_SECONDS = 0.25
 # The forced exit's own budget, inside the margin: final releases, then logs flushed.
 FORCED_RELEASE_SECONDS = 0.3
+_FORCED_SWITCH_INTERVAL_SECONDS = 0.0001
 
 
 class Watchdog:
@@ -257,6 +258,9 @@ class Watchdog:
         Callable from any thread; only the first call does anything, the others wait for it.
         """
         self._exit_lock.acquire()  # never released: the process ends under it
+        # A CPU-bound main thread keeps the GIL for the switch interval (5 ms) each time this
+        # thread asks for it; every log line asks again. The process is ending: hand over fast.
+        sys.setswitchinterval(_FORCED_SWITCH_INTERVAL_SECONDS)
         code = int(ExitCode.FORCED)
         logger.critical("forced exit: %s", reason, extra={"exit_code": code})
         ours = {threading.get_ident()}

@@ -23,6 +23,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from ..errors import StoreUnavailableError
+from ._blocking_release import release_blocking
 from ._script_calls import ScriptCalls, pack
 from ._scripts import CLAIM, COMPLETE, RELEASE, RENEW, Script
 from ._slots import fence_key, group_by_slot
@@ -283,6 +284,12 @@ class RedisStore(StoreBase):
             return _flags(reply)
 
         return await self._held_call([item.key for item in held], run)
+
+    def release_blocking(self, held: Sequence[Held], *, timeout_seconds: float) -> int:
+        """Release claims still ours without the event loop (the watchdog's last resort)."""
+        if isinstance(self._client, RedisCluster):
+            return 0  # per-slot scripts need the cluster client's routing: left to the lease
+        return release_blocking(self._client, held, timeout_seconds=timeout_seconds)
 
     async def renew_many(self, held: Sequence[Held], *, lease_seconds: float) -> list[bool]:
         """Extend leases still ours (see ``IdempotencyStore.renew_many``)."""

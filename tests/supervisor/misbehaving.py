@@ -56,6 +56,10 @@ async def _misbehave(lifecycle: Lifecycle) -> None:
             ...
     elif MISBEHAVE == "system-exit":
         raise SystemExit(3)
+    elif MISBEHAVE == "block-once":
+        time.sleep(SECONDS)  # noqa: ASYNC251 - the misbehaviour under test  # culprit: block-once
+        logger.info("unblocked")
+        await lifecycle.wait_shutdown_requested()
     logger.info("misbehaviour over")
 
 

@@ -130,3 +130,20 @@ def test_a_service_raising_system_exit_is_an_orderly_crash() -> None:
     assert all(not line.get("raw") for line in child.lines), child.output()
     assert "resource closed" in child.messages()
     assert child.lines[-1].get("phase") == "stopped"
+
+
+def test_a_blocked_loop_is_reported_once_with_the_blocking_line() -> None:
+    """A loop blocked for 1.5 s (threshold 1 s): one warning naming the line, then recovery."""
+    env = {**BUDGET, "MISBEHAVE": "block-once", "MISBEHAVE_SECONDS": "1.5"}
+    with Child(runtime_argv(APP), env=env) as child:
+        child.wait_for_message("unblocked", timeout=10)
+        recovered = child.wait_for_message("event loop unblocked", timeout=5)
+        child.signal(signal.SIGTERM)
+        code = child.wait(timeout=STOP_TIMEOUT + 10)
+    assert code == 0, child.output()
+    warnings = [line for line in child.lines if line.get("message") == "event loop blocked"]
+    assert len(warnings) == 1, child.output()
+    assert names_culprit(warnings, "block-once")
+    assert "time.sleep" in str(warnings[0]["stack"])
+    assert 1.0 <= warnings[0]["blocked_seconds"] < 1.5
+    assert recovered["blocked_seconds"] >= 1.4
