@@ -10,16 +10,19 @@ import asyncio
 import logging
 import os
 import time
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from fargate_runtime import Runtime, Supervisor
 from fargate_runtime.http import IdempotencyMiddleware, header_principal, serve_asgi
 from fargate_runtime.idempotency import RedisStore, load_idempotency_settings, redis_client
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
 
 logger = logging.getLogger("tests.misbehaving_api")
 
@@ -64,7 +67,8 @@ app = Supervisor()
 async def setup(rt: Runtime) -> None:
     """Redis, then the API."""
     settings = load_idempotency_settings()
-    redis = await rt.enter(redis_client(settings), name="redis")
+    redis = redis_client(settings)
+    await rt.enter(redis, name="redis")
     api = Starlette(
         routes=[Route("/work", work, methods=["POST"])],
         middleware=[

@@ -6,23 +6,21 @@ The API runs as a real process on the test Redis; the budget is stop timeout 4 s
 
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
 import threading
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 import redis
+import redis.asyncio
 
 from fargate_runtime.local import free_port
 from tests.processes import Child, runtime_argv
-
-if TYPE_CHECKING:
-    import redis.asyncio
 
 pytestmark = [pytest.mark.process, pytest.mark.integration]
 
@@ -90,12 +88,10 @@ def test_a_stuck_request_is_ended_in_time(
 
 def _post(port: int, key: str) -> None:
     """The client: one POST that the shutdown cuts (whatever it gets back is fine)."""
-    try:
+    with contextlib.suppress(httpx.HTTPError):
         httpx.post(
             f"http://127.0.0.1:{port}/work",
             json={},
             headers={"idempotency-key": key, "x-api-key": "client"},
             timeout=30,
         )
-    except httpx.HTTPError:
-        pass

@@ -153,7 +153,7 @@ def test_work_in_a_thread_never_runs_in_two_workers_at_once(
     """Cut at the drain deadline while its thread runs, A keeps the message until the thread
     ends; only then may B take it: the two effects never overlap, and A exits 75."""
     # A: drain 3 s, hard deadline 8 s; its thread takes 6 s, so it ends in between.
-    first, queue, env = start_worker(
+    first, _, env = start_worker(
         "thread",
         MISBEHAVE_SECONDS="6",
         FARGATE_RUNTIME_STOP_TIMEOUT_SECONDS="10",
