@@ -46,8 +46,7 @@ class FinalRelease:
     ) -> None:
         self._holdings = holdings
         self._queue_url = holdings.settings.queue_url
-        self._region = client.meta.region_name
-        self._endpoint_url = client.meta.endpoint_url
+        self._async_client = client
         self._store = store
         self._sync: Any = None
         self._lock = threading.Lock()
@@ -62,10 +61,12 @@ class FinalRelease:
                 import botocore.session
                 from botocore.config import Config
 
+                # Where the consumer's own client sends its calls (a local endpoint in tests).
+                meta = self._async_client.meta
                 self._sync = botocore.session.get_session().create_client(
                     "sqs",
-                    region_name=self._region,
-                    endpoint_url=self._endpoint_url,
+                    region_name=meta.region_name,
+                    endpoint_url=meta.endpoint_url,
                     config=Config(
                         connect_timeout=_CONNECT_TIMEOUT_SECONDS,
                         read_timeout=_READ_TIMEOUT_SECONDS,
