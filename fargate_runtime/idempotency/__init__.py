@@ -26,6 +26,7 @@ from ..errors import (
     LeaseLostError,
     PayloadMismatchError,
     ResultTooLargeError,
+    ResultUnavailableError,
     StoreUnavailableError,
 )
 from ._store import (
@@ -40,11 +41,13 @@ from ._store import (
 )
 from .claim import Claim, GuardStats, current_claim
 from .connection import open_store, redis_client
-from .guard import Guard, Idempotency
+from .guard import Guard
 from .keys import MAX_KEY_LENGTH, fingerprint, scoped_key
 from .memory_store import ManualClock, MemoryStore
+from .owners import attempt_owner
 from .redis_store import RedisStore
-from .serialization import JsonSerializer, Serializer, encode_result
+from .serialization import JsonSerializer, Serializer, TypedSerializer, encode_result
+from .service import Idempotency
 from .settings import FailurePolicy, IdempotencySettings, load_idempotency_settings
 
 __all__ = [
@@ -72,9 +75,12 @@ __all__ = [
     "RecordState",
     "RedisStore",
     "ResultTooLargeError",
+    "ResultUnavailableError",
     "Serializer",
     "StoreBase",
     "StoreUnavailableError",
+    "TypedSerializer",
+    "attempt_owner",
     "current_claim",
     "encode_result",
     "fingerprint",

@@ -54,6 +54,10 @@ end
 # Reply: {header, result...}. The header has one word per record: "1:token" acquired,
 # "2:token" completed (its stored result follows the header, in record order), "3" in progress,
 # "4" mismatch.
+# A record in progress under this very owner (and payload) is this call's own, written by an
+# earlier try whose reply was lost: it answers "1" with its token and restarts the lease. Only a
+# key's first occurrence in the call may be recognised so: a key repeated in one batch is still
+# claimed once, on the first try and on every retry alike.
 CLAIM = Script(
     "claim",
     _WORDS
@@ -88,7 +92,7 @@ for fence, count in pairs(wanted) do
   last[fence] = top - count
 end
 
-local header, results, written = {}, {}, {}
+local header, results, written, answered = {}, {}, {}, {}
 for i = 1, n do
   local key, fp = KEYS[i], ARGV[3 + i]
   local value = written[key] or values[i]
@@ -108,10 +112,14 @@ for i = 1, n do
     elseif string.sub(value, 1, 1) == 'c' then
       header[i] = '2:' .. token
       results[#results + 1] = string.sub(value, fp_end + 1)
+    elseif not answered[key] and string.sub(value, fp_end + 1) == owner then
+      redis.call('PEXPIRE', key, lease)
+      header[i] = '1:' .. token
     else
       header[i] = '3'
     end
   end
+  answered[key] = true
 end
 table.insert(results, 1, table.concat(header, ' '))
 return results
