@@ -162,7 +162,11 @@ class RedisStore(StoreBase):
         return self._client
 
     async def __aenter__(self) -> Self:
-        await self.open()
+        try:
+            await self.open()
+        except BaseException:
+            await self.aclose()  # no __aexit__ follows a failed __aenter__: close here
+            raise
         return self
 
     async def open(self) -> None:
@@ -208,6 +212,7 @@ class RedisStore(StoreBase):
 
     async def _eval(self, script: Script, keys: Sequence[str], args: Sequence[bytes | int]) -> Any:
         """Run ``script`` by SHA, sending its body once where the server lacks it."""
+        self._usable()  # before the catch-all below: a wrong loop is the caller's bug, said as is
         execute = self._client.execute_command
         keys_and_args = [*(_utf8(key) for key in keys), *args]
 

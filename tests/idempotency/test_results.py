@@ -135,7 +135,9 @@ async def test_an_oversized_result_runs_once(harness: Harness) -> None:
     [(400, "limit is 400"), (50, "reason was too large to keep")],
     ids=["marker-with-reason", "bare-marker"],
 )
-async def test_a_store_limit_below_the_guards_still_runs_once(store_limit: int, reason: str) -> None:
+async def test_a_store_limit_below_the_guards_still_runs_once(
+    store_limit: int, reason: str
+) -> None:
     """When the store refuses the size the guard allowed, the record is completed with a marker
     (the bare one-byte marker when even the reason is over the store's limit)."""
     store = MemoryStore(max_result_bytes=store_limit)
