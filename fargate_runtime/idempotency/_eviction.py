@@ -25,6 +25,8 @@ from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from ..errors import ConfigurationError, StoreUnavailableError
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
     from redis.asyncio import Redis
 
 __all__ = ["ACCEPT_SETTING", "SAFE_POLICY", "EvictionCheck", "read_policies", "refusal"]
@@ -104,7 +106,7 @@ async def read_policies(client: Redis | RedisCluster) -> dict[str, tuple[str | N
     return {_server_name(client): await _policy(client)}
 
 
-def refusal(policies: dict[str, tuple[str | None, list[str]]]) -> str | None:
+def refusal(policies: Mapping[str, tuple[str | None, Sequence[str]]]) -> str | None:
     """One line naming the first unsafe (or unreadable) policy and the fix; None when safe."""
     for server, (policy, problems) in policies.items():
         if policy == SAFE_POLICY:

@@ -125,7 +125,7 @@ async def test_redis_down_at_open_is_checked_before_the_first_claim(
     private_redis.stop()
     async with open_store(settings(url, call_timeout_seconds=0.5)) as store:
         key = scoped_key("ev", "s", "k")
-        with pytest.raises(StoreUnavailableError, match="did not answer|cannot read"):
+        with pytest.raises(StoreUnavailableError, match=r"did not answer|cannot read"):
             await store.claim(key, "fp", owner="o", lease_seconds=5)
         private_redis.start()
         configure(private_redis, policy="volatile-lru")
@@ -142,7 +142,10 @@ async def test_redis_down_at_open_is_checked_before_the_first_claim(
 
 def test_refusal_names_the_first_unsafe_server() -> None:
     """Of several servers (a cluster's primaries), the unsafe one is named; all safe is None."""
-    safe = {"a:1": ("noeviction", []), "b:2": ("noeviction", [])}
+    safe: dict[str, tuple[str | None, list[str]]] = {
+        "a:1": ("noeviction", []),
+        "b:2": ("noeviction", []),
+    }
     assert refusal(safe) is None
     mixed = {**safe, "c:3": ("volatile-lru", [])}
     assert "Redis at c:3 has maxmemory-policy volatile-lru" in (refusal(mixed) or "")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import pytest
 import redis
+import redis.asyncio
 from pydantic import SecretStr
 
 from fargate_runtime.idempotency import (
@@ -21,8 +22,6 @@ from fargate_runtime.idempotency import (
 from tests.idempotency.conftest import texts
 
 if TYPE_CHECKING:
-    import redis.asyncio
-
     from fargate_runtime.local import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -245,7 +244,7 @@ async def test_a_claim_whose_reply_was_lost_is_recognised_on_retry(
             dropper.armed = True
             async with idem.guard("payments", "p1") as claim:
                 assert dropper.dropped.is_set()
-                stored = admin.get("outage:payments:p1")
+                stored = cast("bytes | None", admin.get("outage:payments:p1"))
                 assert stored is not None
                 assert stored.startswith(f"p{claim.token}:".encode())  # the first try's record
                 claim.set_result("charged")

@@ -18,6 +18,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from fargate_runtime.idempotency import ClaimStatus, Idempotency, RedisStore, scoped_key
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from fargate_runtime.local import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -26,7 +28,7 @@ BURST = 50
 
 
 def small_pool(redis_url: str, kind: str) -> redis.asyncio.Redis:
-    """A client on a 4-connection pool: redis-py's plain one (fails when empty) or a blocking one."""
+    """A client on a 4-connection pool: plain (fails when empty) or blocking (waits)."""
     if kind == "blocking":
         pool: redis.asyncio.ConnectionPool = redis.asyncio.BlockingConnectionPool.from_url(
             redis_url, max_connections=4, timeout=5
@@ -85,7 +87,7 @@ async def test_the_store_takes_at_most_half_the_pool(redis_url: str, redis_prefi
     most = 0
     calls = 0
 
-    original = client.execute_command
+    original: Callable[..., Awaitable[Any]] = client.execute_command
 
     async def observed(*args: Any, **options: Any) -> Any:
         nonlocal most, calls

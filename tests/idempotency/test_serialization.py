@@ -125,6 +125,9 @@ def test_foreign_tzinfo_replays_as_the_same_instant() -> None:
         def dst(self, dt: datetime.datetime | None) -> datetime.timedelta:
             return datetime.timedelta(0)
 
+        def tzname(self, dt: datetime.datetime | None) -> str:
+            return "+02"
+
     value = datetime.datetime(2026, 1, 1, 12, tzinfo=Plus2())
     serializer = JsonSerializer()
     back = serializer.loads(serializer.dumps(value))
@@ -164,9 +167,9 @@ def test_typed_serializer_rebuilds_dataclasses_and_enums() -> None:
         datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC),
         frozenset({"card"}),
     )
-    typed = TypedSerializer(Receipt)
+    typed: TypedSerializer[Receipt] = TypedSerializer(Receipt)
     assert typed.loads(typed.dumps(receipt)) == receipt
-    statuses = TypedSerializer(list[Status])
+    statuses: TypedSerializer[list[Status]] = TypedSerializer(list[Status])
     assert statuses.loads(statuses.dumps([Status.SUCCEEDED])) == [Status.SUCCEEDED]
 
 
