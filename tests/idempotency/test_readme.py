@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
-import subprocess
 import sys
 from typing import TYPE_CHECKING
 
@@ -41,15 +41,16 @@ async def test_code_block_runs(
     """Each block runs to completion in a fresh interpreter (its keys under the test's prefix)."""
     block = idempotency_blocks()[index]
     env = {"REDIS_URL": redis_url, "FARGATE_RUNTIME_IDEMPOTENCY_KEY_PREFIX": redis_prefix}
-    result = subprocess.run(
-        [sys.executable, "-c", block],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        block,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
         cwd=REPO,
         env={**os.environ, **env},
     )
-    assert result.returncode == 0, result.stdout + result.stderr
+    output, _ = await asyncio.wait_for(child.communicate(), timeout=60)
+    assert child.returncode == 0, output.decode()
     if '"evt-1"' in block:  # the guard example: its record is in Redis, not in memory
         assert await redis_client.exists(f"{redis_prefix}:charges:evt-1")
