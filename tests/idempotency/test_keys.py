@@ -7,22 +7,27 @@ import datetime
 import decimal
 import hashlib
 import importlib
+import os
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis.asyncio
 from pydantic import SecretStr
 
 import fargate_runtime.idempotency as idempotency
 from fargate_runtime.errors import ConfigurationError
 from fargate_runtime.idempotency import (
     FailurePolicy,
+    Idempotency,
     IdempotencyKeyError,
     IdempotencySettings,
     JsonSerializer,
     MemoryStore,
     RedisStore,
     ResultTooLargeError,
+    attempt_owner,
     encode_result,
     fingerprint,
     load_idempotency_settings,
@@ -224,3 +229,76 @@ def test_public_namespace_is_curated() -> None:
         for attribute in exported:
             assert hasattr(module, attribute), f"{name}.{attribute}"
             assert not attribute.startswith("_"), f"{name}.{attribute}"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("lease_seconds", "0"),
+        ("lease_seconds", "-5"),
+        ("lease_seconds", "inf"),
+        ("retention_seconds", "inf"),
+        ("retention_seconds", "nan"),
+        ("call_timeout_seconds", "inf"),
+        ("release_timeout_seconds", "0"),
+        ("max_connections", "1"),
+    ],
+)
+def test_settings_refuse_zero_negative_and_infinite_numbers(variable: str, value: str) -> None:
+    """Each numeric setting out of bounds is a ConfigurationError naming its variable."""
+    with pytest.raises(ConfigurationError, match=f"FARGATE_RUNTIME_IDEMPOTENCY_{variable.upper()}"):
+        load_idempotency_settings(**{variable: value})
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("lease_seconds", 0.0),
+        ("lease_seconds", -5.0),
+        ("retention_seconds", float("inf")),
+        ("max_result_bytes", 0),
+        ("release_timeout_seconds", float("nan")),
+    ],
+)
+def test_guards_refuse_numbers_out_of_bounds(option: str, value: float) -> None:
+    """``Idempotency`` checks its numbers when made, naming the parameter."""
+    with pytest.raises(ConfigurationError, match=option):
+        options: dict[str, Any] = {option: value}
+        Idempotency(MemoryStore(), prefix="svc", **options)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("call_timeout_seconds", float("inf")), ("max_concurrent_calls", -1), ("max_result_bytes", 0)],
+)
+async def test_redis_store_refuses_numbers_out_of_bounds(option: str, value: float) -> None:
+    """``RedisStore`` checks its numbers when made (the client is never used)."""
+    client = redis.asyncio.Redis()
+    try:
+        with pytest.raises(ConfigurationError, match=option):
+            options: dict[str, Any] = {option: value}
+            RedisStore(client, **options)
+    finally:
+        await client.aclose()
+
+
+def test_attempt_owners_are_unique_and_keep_their_base() -> None:
+    """Every attempt gets its own owner id, readable as where it ran."""
+    owners = {attempt_owner("task-1:42") for _ in range(1000)}
+    assert len(owners) == 1000
+    assert all(owner.startswith("task-1:42/") for owner in owners)
+
+
+def test_a_forked_child_draws_a_new_nonce() -> None:
+    """Two processes given the same base never make the same owner id (the nonce is redrawn)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its first owner id and leave at once
+        os.write(write, attempt_owner("same").encode())
+        os._exit(0)
+    os.close(write)
+    child_owner = os.read(read, 200).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    parent_owner = attempt_owner("same")
+    assert child_owner.split("/")[1].split(".")[0] != parent_owner.split("/")[1].split(".")[0]
