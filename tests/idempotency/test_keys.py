@@ -262,8 +262,8 @@ def test_settings_refuse_zero_negative_and_infinite_numbers(variable: str, value
 )
 def test_guards_refuse_numbers_out_of_bounds(option: str, value: float) -> None:
     """``Idempotency`` checks its numbers when made, naming the parameter."""
+    options: dict[str, Any] = {option: value}
     with pytest.raises(ConfigurationError, match=option):
-        options: dict[str, Any] = {option: value}
         Idempotency(MemoryStore(), prefix="svc", **options)
 
 
@@ -274,9 +274,9 @@ def test_guards_refuse_numbers_out_of_bounds(option: str, value: float) -> None:
 async def test_redis_store_refuses_numbers_out_of_bounds(option: str, value: float) -> None:
     """``RedisStore`` checks its numbers when made (the client is never used)."""
     client = redis.asyncio.Redis()
+    options: dict[str, Any] = {option: value}
     try:
         with pytest.raises(ConfigurationError, match=option):
-            options: dict[str, Any] = {option: value}
             RedisStore(client, **options)
     finally:
         await client.aclose()
