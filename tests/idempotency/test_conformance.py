@@ -62,14 +62,16 @@ async def test_second_claim_sees_in_progress(harness: Harness) -> None:
     assert again.token is None
 
 
-async def test_different_fingerprint_is_a_mismatch(harness: Harness) -> None:
-    """The same key with another payload fingerprint is a mismatch, in progress or completed."""
+@pytest.mark.parametrize("owner", ["b", "owner-a"], ids=["another-owner", "its-own-owner"])
+async def test_different_fingerprint_is_a_mismatch(harness: Harness, owner: str) -> None:
+    """The same key with another payload fingerprint is a mismatch, in progress or completed,
+    also for the owner holding it (recognising one's own claim never skips the payload check)."""
     key = harness.key("a")
     token = await acquire(harness.store, key)
-    in_progress = await harness.store.claim(key, "other", owner="b", lease_seconds=LEASE)
+    in_progress = await harness.store.claim(key, "other", owner=owner, lease_seconds=LEASE)
     assert in_progress.status is ClaimStatus.MISMATCH
     await harness.store.complete(key, token, b"1", retention_seconds=RETENTION)
-    completed = await harness.store.claim(key, "other", owner="b", lease_seconds=LEASE)
+    completed = await harness.store.claim(key, "other", owner=owner, lease_seconds=LEASE)
     assert completed.status is ClaimStatus.MISMATCH
 
 
@@ -333,14 +335,10 @@ async def test_a_retried_claim_recognises_its_own_record(harness: Harness) -> No
     assert await harness.store.complete(key, retry.token or 0, b"done", retention_seconds=RETENTION)
 
 
-async def test_recognition_never_passes_a_different_payload_or_a_completed_record(
-    harness: Harness,
-) -> None:
-    """Its own owner with another payload is a mismatch; once completed, the record replays."""
+async def test_a_completed_record_replays_to_its_own_owner_too(harness: Harness) -> None:
+    """Once completed, the record replays even to the owner that claimed it: never re-acquired."""
     key = harness.key("own")
     token = await acquire(harness.store, key)
-    mismatch = await harness.store.claim(key, "other", owner="owner-a", lease_seconds=LEASE)
-    assert mismatch.status is ClaimStatus.MISMATCH
     await harness.store.complete(key, token, b"r", retention_seconds=RETENTION)
     replay = await harness.store.claim(key, "fp", owner="owner-a", lease_seconds=LEASE)
     assert replay.status is ClaimStatus.COMPLETED
