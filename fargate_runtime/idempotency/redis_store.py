@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.asyncio.cluster import RedisCluster
@@ -58,8 +57,6 @@ if TYPE_CHECKING:
 __all__ = ["RedisStore"]
 
 T = TypeVar("T")
-
-logger = logging.getLogger("fargate_runtime.idempotency")
 
 _STATUSES = {
     b"1": ClaimStatus.ACQUIRED,
@@ -142,9 +139,9 @@ class RedisStore(StoreBase):
         self._max_result_bytes = _limits.count(
             "max_result_bytes", max_result_bytes, maximum=_limits.MAX_RESULT_BYTES_LIMIT
         )
-        limit = max_concurrent_calls or _default_call_limit(client)
-        if limit is not None:
-            limit = _limits.count("max_concurrent_calls", limit, maximum=1_000_000)
+        limit = _default_call_limit(client)
+        if max_concurrent_calls is not None:
+            limit = _limits.count("max_concurrent_calls", max_concurrent_calls, maximum=1_000_000)
         self._calls = asyncio.Semaphore(limit) if limit is not None else None
         self._owns_client = owns_client
         self._cluster = isinstance(client, RedisCluster)
