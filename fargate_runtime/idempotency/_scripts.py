@@ -1,4 +1,4 @@
-"""The Lua scripts that are the only writers of idempotency records in Redis.
+"""The Lua scripts that are the only writers of idempotency records in Redis, and their replies.
 
 A record is one string with a server-side TTL (``PX``): the lease while in progress, the
 retention once completed. Its layout is binary-safe and cheap to parse in Lua::
@@ -21,8 +21,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-__all__ = ["CLAIM", "COMPLETE", "RELEASE", "RENEW", "Script"]
+from ._store import ClaimResult, ClaimStatus
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["CLAIM", "COMPLETE", "RELEASE", "RENEW", "Script", "claim_results", "flags"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,3 +205,33 @@ end
 return table.concat(out)
 """,
 )
+
+# The claim script's status codes.
+_STATUSES = {
+    b"1": ClaimStatus.ACQUIRED,
+    b"2": ClaimStatus.COMPLETED,
+    b"3": ClaimStatus.IN_PROGRESS,
+    b"4": ClaimStatus.MISMATCH,
+}
+
+
+def claim_results(keys: Sequence[str], reply: list[bytes]) -> list[ClaimResult]:
+    """Decode the claim script's ``{header, stored results...}`` reply (see ``CLAIM``)."""
+    words = reply[0].split()
+    stored = iter(reply[1:])
+    results = []
+    for key, word in zip(keys, words, strict=True):
+        code, _, token = word.partition(b":")
+        status = _STATUSES[code]
+        if status is ClaimStatus.ACQUIRED:
+            results.append(ClaimResult(key, status, int(token)))
+        elif status is ClaimStatus.COMPLETED:
+            results.append(ClaimResult(key, status, int(token), next(stored)))
+        else:
+            results.append(ClaimResult(key, status))
+    return results
+
+
+def flags(reply: bytes) -> list[bool]:
+    """Decode the other scripts' one-character-per-record reply ("1" done, "0" refused)."""
+    return [flag == ord("1") for flag in reply]

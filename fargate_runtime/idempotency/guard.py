@@ -153,8 +153,17 @@ class Guard:
             return unstored_marker(problem), problem
 
     async def _complete(self, claim: Claim) -> None:
-        idem = self._idem
         data, problem = self._encode(claim)
+        try:
+            await self._record(claim, data, problem)
+        finally:
+            if problem is not None and not isinstance(problem, Exception):
+                # KeyboardInterrupt, SystemExit while serializing: recorded first, now on its way.
+                raise problem
+
+    async def _record(self, claim: Claim, data: bytes, problem: BaseException | None) -> None:
+        """Complete with ``data`` (a marker when the store refuses its size), count, log."""
+        idem = self._idem
         try:
             try:
                 done = await self._completion(claim, data)
@@ -191,8 +200,6 @@ class Guard:
                 problem,
                 extra={"idempotency_key": claim.key, "fencing_token": claim.token},
             )
-            if not isinstance(problem, Exception):
-                raise problem  # KeyboardInterrupt, SystemExit: recorded first, now on its way
 
     async def _completion(self, claim: Claim, data: bytes) -> bool:
         """Complete ``claim`` with ``data``; the write finishes even if we are cancelled."""

@@ -41,7 +41,7 @@ from ..errors import StoreUnavailableError
 from . import _limits
 from ._eviction import EvictionCheck
 from ._loop import LoopBinding
-from ._scripts import CLAIM, COMPLETE, RELEASE, RENEW, Script
+from ._scripts import CLAIM, COMPLETE, RELEASE, RENEW, Script, claim_results, flags
 from ._slots import fence_key, group_by_slot
 from ._store import ClaimResult, ClaimStatus, Held, StoreBase
 from .serialization import DEFAULT_MAX_RESULT_BYTES, check_result_size
@@ -58,13 +58,6 @@ __all__ = ["RedisStore"]
 
 T = TypeVar("T")
 
-_STATUSES = {
-    b"1": ClaimStatus.ACQUIRED,
-    b"2": ClaimStatus.COMPLETED,
-    b"3": ClaimStatus.IN_PROGRESS,
-    b"4": ClaimStatus.MISMATCH,
-}
-
 
 def _ms(seconds: float) -> int:
     """Seconds (validated: at least 0.1) as whole milliseconds for ``PX`` / ``PEXPIRE``."""
@@ -78,27 +71,6 @@ def _utf8(text: str) -> bytes:
 
 def _joined(numbers: Iterable[int]) -> bytes:
     return b" ".join(b"%d" % number for number in numbers)
-
-
-def _claim_results(keys: Sequence[str], reply: list[bytes]) -> list[ClaimResult]:
-    """Decode the claim script's ``{header, stored results...}`` reply (see ``_scripts``)."""
-    words = reply[0].split()
-    stored = iter(reply[1:])
-    results = []
-    for key, word in zip(keys, words, strict=True):
-        code, _, token = word.partition(b":")
-        status = _STATUSES[code]
-        if status is ClaimStatus.ACQUIRED:
-            results.append(ClaimResult(key, status, int(token)))
-        elif status is ClaimStatus.COMPLETED:
-            results.append(ClaimResult(key, status, int(token), next(stored)))
-        else:
-            results.append(ClaimResult(key, status))
-    return results
-
-
-def _flags(reply: bytes) -> list[bool]:
-    return [flag == ord("1") for flag in reply]
 
 
 def _default_call_limit(client: Redis | RedisCluster) -> int | None:
@@ -326,7 +298,7 @@ class RedisStore(StoreBase):
                     *(_utf8(requests[i].fingerprint) for i in group),
                 ],
             )
-            return _claim_results(group_keys, reply)
+            return claim_results(group_keys, reply)
 
         placed, failures = await self._per_slot(keys, run)
         if failures:
@@ -363,7 +335,7 @@ class RedisStore(StoreBase):
                     *(completions[i].result for i in group),
                 ],
             )
-            return _flags(reply)
+            return flags(reply)
 
         return await self._held_call([c.key for c in completions], run)
 
@@ -374,7 +346,7 @@ class RedisStore(StoreBase):
             reply = await self._eval(
                 RELEASE, [held[i].key for i in group], [_joined(held[i].token for i in group)]
             )
-            return _flags(reply)
+            return flags(reply)
 
         return await self._held_call([item.key for item in held], run)
 
@@ -388,7 +360,7 @@ class RedisStore(StoreBase):
                 [held[i].key for i in group],
                 [lease, _joined(held[i].token for i in group)],
             )
-            return _flags(reply)
+            return flags(reply)
 
         return await self._held_call([item.key for item in held], run)
 
