@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
 
-from ._scripts import RELEASE
+from ._scripts import RELEASE, flags
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -81,5 +81,4 @@ def release_blocking(client: Redis, held: Sequence[Held], *, timeout_seconds: fl
         return 0
     finally:
         sync.close()
-    flags = reply.encode() if isinstance(reply, str) else bytes(reply)
-    return flags.count(b"1")
+    return sum(flags(reply))

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from .._work import Work, running
 from ..errors import IdempotencyKeyError, MalformedMessageError
-from ..idempotency import ClaimRequest, ClaimStatus, FailurePolicy, Held
+from ..idempotency import ClaimRequest, ClaimStatus, FailurePolicy, Held, attempt_owner
 from ..logging import bind_log_context
 from ..telemetry import (
     IDEMPOTENCY_OUTCOME_ATTRIBUTE,
@@ -124,7 +124,8 @@ class Runner:
         try:
             results = await idempotency.store.claim_many(
                 [request for _, request in keyed],
-                owner=idempotency.owner,
+                # This receive's own attempt: a redelivery (another receive) never passes as it.
+                owner=attempt_owner(idempotency.owner),
                 lease_seconds=self._settings.visibility_timeout_seconds,
             )
         except Exception as exc:  # noqa: BLE001 - any store failure is logged and handled
