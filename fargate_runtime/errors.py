@@ -13,6 +13,7 @@ Every error the runtime raises derives from one root, and a caller acts on one o
     │   ├── PayloadMismatchError      same key, different payload fingerprint
     │   ├── LeaseLostError            our claim expired or was taken over; we must not complete it
     │   ├── ResultTooLargeError       the result to store exceeds the configured limit
+    │   ├── ResultUnavailableError    the work completed once, but its result cannot be replayed
     │   └── StoreUnavailableError     the store (Redis) could not be reached; fail closed
     └── ConsumerError
         ├── MalformedMessageError     a message body or key cannot be read; retried, then DLQ
@@ -36,6 +37,7 @@ __all__ = [
     "MalformedMessageError",
     "PayloadMismatchError",
     "ResultTooLargeError",
+    "ResultUnavailableError",
     "ShutdownError",
     "SignalHandlingError",
     "SqsError",
@@ -99,6 +101,21 @@ class LeaseLostError(IdempotencyError):
 
 class ResultTooLargeError(IdempotencyError):
     """The serialized result is larger than the store is configured to keep."""
+
+
+class ResultUnavailableError(IdempotencyError):
+    """The key's work completed once, but its result cannot be replayed to this duplicate.
+
+    The result could not be stored (not serializable, too large: the record was completed with
+    a marker instead, so the work did not run again), or the stored bytes cannot be read.
+    """
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(
+            f"idempotency key {key!r} was completed, but its result is not available: {reason}"
+        )
+        self.key = key
+        self.reason = reason
 
 
 class StoreUnavailableError(IdempotencyError):

@@ -59,7 +59,9 @@ class RuntimeSettings(BaseSettings):
 
     service_name: str = Field(default="fargate-runtime", min_length=1, max_length=255)
     stop_timeout_seconds: float = Field(default=30.0, ge=2.0, le=120.0)
-    shutdown_margin_seconds: float = Field(default=2.0, ge=0.0)
+    # Kept free before SIGKILL. The watchdog's forced exit (stacks logged, final releases, logs
+    # flushed) runs in the first part of it, faulthandler's backstop at its middle.
+    shutdown_margin_seconds: float = Field(default=2.0, ge=0.5)
     # Cancelling stragglers and releasing their messages/claims: a few round trips each.
     release_seconds: float = Field(default=2.0, gt=0.0)
     # Closing resources (pools, clients) and flushing telemetry, all of them together.
@@ -71,6 +73,8 @@ class RuntimeSettings(BaseSettings):
     health_host: str = "127.0.0.1"
     log_level: LogLevel = "INFO"
     log_json: bool = True
+    # A loop that has not turned for this long gets one warning with the blocked code's stack.
+    blocked_loop_seconds: float = Field(default=1.0, gt=0.0, le=3600.0)
 
     @model_validator(mode="after")
     def _budget_fits(self) -> RuntimeSettings:

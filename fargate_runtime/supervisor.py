@@ -1,42 +1,49 @@
 """The supervisor: phases, signals, one shutdown deadline, resources closed in reverse, exit codes.
 
-A run, and what each phase does::
+A run, top to bottom, as ``_Run.serve`` reads::
 
-    starting   settings loaded (bad ones: exit 78), signal handlers installed, health endpoint
-               up, setup enters resources in order and registers services
+    starting   settings loaded (bad ones: exit 78); the watchdog thread takes SIGTERM/SIGINT;
+               health endpoint up; setup enters resources in order and registers services.
+               A signal during setup cancels it: what was entered is closed, exit 0
     running    services run side by side; readiness is true
-    draining   first SIGTERM/SIGINT (or a crashed service): readiness false, services stop
-               intake and finish in-flight work until the drain deadline
-               (a second signal moves the deadline to now)
-    (deadline) stragglers logged with their stacks and cancelled; they release their work
-               inside ``Lifecycle.cleanup_scope()`` until the release deadline
-    closing    resources closed in exact reverse order, each bounded and shielded
-    stopped    signal handlers restored; exit 0 (clean), 75 (work cancelled), 1 (crash)
+    draining   first SIGTERM/SIGINT (or a crash, or every service returned): deadlines fixed at
+               the signal's arrival (by the watchdog, even if the loop is blocked); readiness
+               false; services stop intake and finish in-flight work until the drain deadline
+               (a second signal moves it to now)
+    (drain     stragglers logged with their await chains and cancelled; they release their work
+     deadline) inside ``Lifecycle.cleanup_scope()`` until the release deadline
+    closing    resources closed in exact reverse order, each bounded
+    stopped    exit 0 (clean), 75 (work cancelled), 1 (crash), 78 (configuration);
+               70 (forced) when the hard deadline had to end work the runtime could not stop
+
+``Supervisor.run`` owns the process (its loop, teardown and exit: ``_process.py``); ``serve``
+runs embedded in someone else's loop (tests, embedders) with the same phases.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
-import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from types import FrameType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from opentelemetry import trace
 
 from . import ecs
-from .errors import ConfigurationError, SignalHandlingError
+from ._stacks import await_chain, culprit, format_chain
+from ._watchdog import Watchdog
+from .errors import ConfigurationError, StartupError
 from .health import HealthServer
 from .lifecycle import ExitCode, Lifecycle, Phase
 from .logging import configure_logging, set_static
 from .settings import RuntimeSettings, load_settings
 from .telemetry import INSTRUMENTATION_NAME, Telemetry, TelemetrySettings, drain_duration_histogram
+
+if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
 
 __all__ = ["Runtime", "Service", "Setup", "Supervisor"]
 
@@ -45,9 +52,7 @@ logger = logging.getLogger("fargate_runtime.supervisor")
 T = TypeVar("T")
 Service = Callable[[Lifecycle], Awaitable[None]]
 Setup = Callable[["Runtime"], Awaitable[None]]
-_SignalHandler = Callable[[int, FrameType | None], Any] | int | None
 
-_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # Default close bound for one resource when the caller names none.
 DEFAULT_CLOSE_TIMEOUT_SECONDS = 2.0
 
@@ -88,19 +93,21 @@ class Runtime:
 
     async def _close_resources(self) -> None:
         """Close in exact reverse order; each close bounded and shielded, failures logged."""
-        deadlines = self.lifecycle.deadlines
+        lifecycle = self.lifecycle
         while self._resources:
             resource = self._resources.pop()
             timeout = resource.close_timeout_seconds
+            deadlines = lifecycle.deadlines
             if deadlines is not None:
-                timeout = min(timeout, max(0.0, deadlines.close - self.lifecycle.now()))
+                timeout = min(timeout, max(0.0, deadlines.close - lifecycle.now()))
             started = time.monotonic()
             try:
-                finished = await _shielded(resource.manager.__aexit__(None, None, None), timeout)
+                with lifecycle.cleanup_scope(seconds=timeout) as scope:
+                    await resource.manager.__aexit__(None, None, None)
             except Exception:
                 logger.exception("resource close failed", extra={"resource": resource.name})
                 continue
-            if not finished:
+            if scope.expired:
                 logger.error(
                     "resource close timed out",
                     extra={"resource": resource.name, "timeout_seconds": round(timeout, 3)},
@@ -113,36 +120,6 @@ class Runtime:
                         "duration_seconds": round(time.monotonic() - started, 3),
                     },
                 )
-
-
-async def _shielded(awaitable: Awaitable[Any], seconds: float) -> bool:
-    """Await ``awaitable`` for at most ``seconds``, even if our caller is cancelled.
-
-    Returns False when it timed out (it is then cancelled). A cancellation that arrived while
-    waiting is re-raised once the work is done, so a close is never cut halfway.
-    """
-    inner = asyncio.ensure_future(awaitable)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    cancelled = False
-    while not inner.done():
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            break
-        try:
-            await asyncio.wait({inner}, timeout=remaining)
-        except asyncio.CancelledError:
-            cancelled = True
-    finished = inner.done()
-    if not finished:
-        inner.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await asyncio.wait({inner}, timeout=0.1)
-    if cancelled:
-        raise asyncio.CancelledError
-    if finished:
-        inner.result()  # re-raise the close's own exception
-    return finished
 
 
 class Supervisor:
@@ -161,10 +138,10 @@ class Supervisor:
         @app.service
         async def job(lifecycle: Lifecycle) -> None:
             while not lifecycle.shutdown_requested:
-                ...
+                await do_one_step()
 
-    Settings are read from the environment when the run starts, never at import, and signal
-    handlers are installed only for the duration of the run.
+    Settings are read from the environment when the run starts, never at import, and signals
+    are taken over only for the duration of the run.
     """
 
     def __init__(
@@ -201,13 +178,34 @@ class Supervisor:
             self._run.begin_shutdown(reason)
 
     def run(self, *, setup_logging: bool = True) -> ExitCode:
-        """Run to the end on a new event loop and return the exit code."""
+        """Own the process: run to the end on a new event loop and return the exit code.
+
+        From the first signal on, the process is gone by ``stop_timeout - margin`` whatever
+        the application does: if something still holds it then (a blocked loop, a task that
+        ignores cancellation, a thread), the watchdog logs where it is stuck, releases what is
+        held and ends the process with exit code 70.
+        """
+        from ._process import run_process
+
         if setup_logging:
             configure_logging()
-        return asyncio.run(self.serve(setup_logging=setup_logging))
+        return run_process(self, setup_logging=setup_logging)
 
     async def serve(self, *, setup_logging: bool = False) -> ExitCode:
-        """Run to the end on the current loop and return the exit code."""
+        """Run to the end on the current loop and return the exit code (embedded: no hard exit)."""
+        run = self._prepare(setup_logging=setup_logging)
+        if isinstance(run, ExitCode):
+            return run
+        watchdog = run.watchdog(hard_exit=False)
+        with watchdog.running():
+            watchdog.attach_loop(asyncio.get_running_loop())
+            code = await run.serve()
+        run.lifecycle.run_final_releases()
+        run.stopped(code)
+        return code
+
+    def _prepare(self, *, setup_logging: bool) -> _Run | ExitCode:
+        """Load settings and build the run (on the loop it will run on)."""
         try:
             settings = self._settings or load_settings(RuntimeSettings)
         except ConfigurationError as exc:
@@ -218,28 +216,42 @@ class Supervisor:
         set_static(service_name=settings.service_name)
         runtime = Runtime(settings, Lifecycle(settings.budget()))
         runtime._services.extend(self._services)
-        run = self._run = _Run(runtime, self._setups)
-        with _signal_handlers(run.on_signal, enabled=self._handle_signals):
-            run.identity = await _identify()
-            return await run.serve()
+        run = self._run = _Run(runtime, self._setups, handle_signals=self._handle_signals)
+        return run
 
 
 class _Run:
     """One run of a Supervisor: the phases, the services' tasks, the exit code."""
 
-    def __init__(self, runtime: Runtime, setups: list[Setup]) -> None:
+    def __init__(self, runtime: Runtime, setups: list[Setup], *, handle_signals: bool) -> None:
         self.runtime = runtime
         self.lifecycle = runtime.lifecycle
+        self.settings = runtime.settings
         self.setups = setups
+        self.handle_signals = handle_signals
         self.cancel_now = asyncio.Event()
         self.crashed = False
+        self.code_on_crash = ExitCode.CRASHED
+        self.cut = False  # work was cancelled at the drain deadline
+        self.abandoned: set[asyncio.Task[Any]] = set()  # ...and ignored it
         self.phase_started = time.monotonic()
-        self.identity: ecs.TaskIdentity | None = None
         self.shutdown_span: trace.Span | None = None
+        self.identity: ecs.TaskIdentity | None = None
+
+    def watchdog(self, *, hard_exit: bool) -> Watchdog:
+        """The watchdog thread for this run."""
+        return Watchdog(
+            self.lifecycle,
+            on_signal=self.on_signal,
+            handle_signals=self.handle_signals,
+            hard_exit=hard_exit,
+            blocked_after_seconds=self.settings.blocked_loop_seconds,
+        )
 
     async def serve(self) -> ExitCode:
-        runtime, lifecycle = self.runtime, self.lifecycle
-        budget = lifecycle.budget
+        """The whole run, in the order it happens."""
+        budget = self.lifecycle.budget
+        self.identity = await _identify()  # bounded read; stamps every line after it
         logger.info(
             "phase starting",
             extra={
@@ -248,117 +260,167 @@ class _Run:
                 "drain_seconds": budget.drain_seconds,
                 "release_seconds": budget.release_seconds,
                 "close_seconds": budget.close_seconds,
+                "hard_deadline_seconds": budget.total_seconds,
             },
         )
-        timed_out = False
-        code_on_failure = ExitCode.CRASHED
-        settings = runtime.settings
-        try:
-            # Entered first, so closed last: liveness answers until the very end.
-            health = HealthServer(lifecycle, host=settings.health_host, port=settings.health_port)
-            await runtime.enter(health, name="health")
-            # Next, so it closes after every user resource and flushes what they recorded.
-            telemetry = Telemetry(
-                load_settings(TelemetrySettings),
-                service_name=settings.service_name,
-                lifecycle=lifecycle,
-                resource_attributes=self.identity.resource_attributes() if self.identity else None,
-            )
-            await runtime.enter(telemetry, name="telemetry")
-            for setup in self.setups:
-                await setup(runtime)
-        except ConfigurationError as exc:
-            logger.critical(str(exc), extra={"exit_code": int(ExitCode.CONFIGURATION)})
-            self.crashed = True
-            code_on_failure = ExitCode.CONFIGURATION
-        except Exception:
-            logger.exception("setup failed")
-            self.crashed = True
-        else:
+        if await self.start():
             self.enter_phase(Phase.RUNNING)
-            if lifecycle.shutdown_requested:
-                logger.warning("shutdown requested during start; services not started")
-            else:
-                timed_out = await self.run_services()
+            await self.run_services()
+        # Whatever ended the run (signal, crash, services done), the deadlines are fixed now:
+        # closing is bounded, and the watchdog holds the process to the hard deadline.
+        self.begin_shutdown("run ended", quiet=True)
         self.enter_phase(Phase.CLOSING)
-        await runtime._close_resources()
-        if self.crashed:
-            code = code_on_failure
-        else:
-            code = ExitCode.DRAIN_TIMEOUT if timed_out else ExitCode.OK
-        self.enter_phase(Phase.STOPPED, exit_code=int(code))
-        return code
+        await self.runtime._close_resources()
+        return self.exit_code()
 
-    async def run_services(self) -> bool:
-        """Run services until all return; return True when stragglers had to be cancelled."""
+    def exit_code(self) -> ExitCode:
+        if self.abandoned:
+            return ExitCode.FORCED
+        if self.crashed:
+            return self.code_on_crash
+        return ExitCode.DRAIN_TIMEOUT if self.cut else ExitCode.OK
+
+    def stopped(self, code: ExitCode) -> None:
+        """Log the last phase; called once the process (or the embedded run) really is done."""
+        self.enter_phase(Phase.STOPPED, exit_code=int(code))
+
+    # -- starting ----------------------------------------------------------------------------
+
+    async def start(self) -> bool:
+        """Enter resources and run the setups, raced with shutdown; True when services may run."""
+        starting = asyncio.create_task(self.enter_all(), name="setup")
+        requested = asyncio.create_task(self.lifecycle.wait_shutdown_requested())
+        try:
+            await asyncio.wait({starting, requested}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            requested.cancel()
+        if not starting.done():
+            logger.warning("shutdown requested during start; setup cancelled")
+            self.lifecycle.cancel_task(starting)
+            await asyncio.wait({starting}, timeout=self.lifecycle.release_seconds_left())
+            if not starting.done():
+                self.abandon(starting, "setup ignored cancellation")
+            return False
+        if starting.cancelled():
+            return False
+        error = starting.exception()
+        if isinstance(error, ConfigurationError):
+            logger.critical(str(error), extra={"exit_code": int(ExitCode.CONFIGURATION)})
+            self.crashed, self.code_on_crash = True, ExitCode.CONFIGURATION
+        elif error is not None:
+            logger.error("setup failed", exc_info=error)
+            self.crashed = True
+        return error is None and not self.lifecycle.shutdown_requested
+
+    async def enter_all(self) -> None:
+        runtime = self.runtime
+        settings = self.settings
+        # Entered first, so closed last: liveness answers until the very end.
+        health = HealthServer(self.lifecycle, host=settings.health_host, port=settings.health_port)
+        await runtime.enter(health, name="health")
+        identity = self.identity
+        # Next, so it closes after every user resource and flushes what they recorded.
+        telemetry = Telemetry(
+            load_settings(TelemetrySettings),
+            service_name=settings.service_name,
+            lifecycle=self.lifecycle,
+            resource_attributes=identity.resource_attributes() if identity else None,
+        )
+        await runtime.enter(telemetry, name="telemetry")
+        for setup in self.setups:
+            try:
+                await setup(runtime)
+            except (SystemExit, KeyboardInterrupt) as exc:
+                # Raised out of a task, these would stop the event loop on the spot.
+                raise StartupError(f"setup raised {type(exc).__name__}({exc})") from exc
+
+    # -- running and draining ----------------------------------------------------------------
+
+    async def run_services(self) -> None:
+        """Run services until shutdown; drain them until the drain deadline; cancel the rest."""
         lifecycle = self.lifecycle
-        tasks = {
+        pending: set[asyncio.Task[Any]] = {
             asyncio.create_task(self.guarded(name, service), name=name)
             for name, service in self.runtime._services
         }
-        cancel_now = asyncio.create_task(self.cancel_now.wait())
-        deadline_timer: asyncio.TimerHandle | None = None
-        pending = set(tasks)
+        requested: asyncio.Task[Any] = asyncio.create_task(lifecycle.wait_shutdown_requested())
         try:
-            while pending:
-                waiting_for = pending | {cancel_now}
-                waiter = None
-                if deadline_timer is None:
-                    waiter = asyncio.create_task(lifecycle.wait_shutdown_requested())
-                    waiting_for.add(waiter)
-                done, _ = await asyncio.wait(waiting_for, return_when=asyncio.FIRST_COMPLETED)
-                if waiter is not None:
-                    waiter.cancel()
-                pending -= done
-                if lifecycle.shutdown_requested and deadline_timer is None:
-                    self.enter_phase(
-                        Phase.DRAINING,
-                        reason=lifecycle.shutdown_reason,
-                        in_flight_services=len(pending),
-                    )
-                    deadline_timer = self.arm_drain_deadline()
-                if cancel_now in done:
-                    break
-            if not pending:
-                if not lifecycle.shutdown_requested:
-                    logger.info("all services returned")
-                return False
+            while pending and not requested.done():
+                _, pending = await asyncio.wait(
+                    pending | {requested}, return_when=asyncio.FIRST_COMPLETED
+                )
+                pending.discard(requested)
+        finally:
+            requested.cancel()
+        if not lifecycle.shutdown_requested:
+            logger.info("all services returned")
+            return
+        self.enter_phase(
+            Phase.DRAINING, reason=lifecycle.shutdown_reason, in_flight_services=len(pending)
+        )
+        pending = await self.drain(pending)
+        if pending:
             await self.cancel_stragglers(pending)
-            return True
+
+    async def drain(self, pending: set[asyncio.Task[Any]]) -> set[asyncio.Task[Any]]:
+        """Wait for services until they all return, the drain deadline, or a second signal."""
+        cancel_now: asyncio.Task[Any] = asyncio.create_task(self.cancel_now.wait())
+        try:
+            while pending and not cancel_now.done():
+                timeout = self.lifecycle.drain_seconds_left()
+                if timeout <= 0:
+                    break
+                _, pending = await asyncio.wait(
+                    pending | {cancel_now}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                pending.discard(cancel_now)
         finally:
             cancel_now.cancel()
-            if deadline_timer is not None:
-                deadline_timer.cancel()
+        return pending
 
-    def arm_drain_deadline(self) -> asyncio.TimerHandle:
-        deadlines = self.lifecycle.deadlines
-        drain_at = deadlines.drain if deadlines is not None else self.lifecycle.now()
-        delay = max(0.0, drain_at - self.lifecycle.now())
-        return asyncio.get_running_loop().call_later(delay, self.cancel_now.set)
-
-    async def cancel_stragglers(self, pending: set[asyncio.Task[None]]) -> None:
+    async def cancel_stragglers(self, pending: set[asyncio.Task[Any]]) -> None:
+        """Drain deadline: cancel what still runs; it releases its work in cleanup scopes."""
+        self.cut = True
         if self.shutdown_span is not None:
             self.shutdown_span.add_event("drain deadline hit", {"services": len(pending)})
         for task in pending:
+            chain = await_chain(task)
             logger.warning(
                 "drain deadline hit: cancelling service",
-                extra={"service": task.get_name(), "stack": _await_stack(task)},
+                extra={
+                    "service": task.get_name(),
+                    "culprit": culprit(chain),
+                    "stack": format_chain(chain),
+                },
             )
-            task.cancel()
+            self.lifecycle.cancel_task(task)
         _, still_running = await asyncio.wait(
             pending, timeout=self.lifecycle.release_seconds_left()
         )
         for task in still_running:
-            logger.error(
-                "service ignored cancellation; abandoning it", extra={"service": task.get_name()}
-            )
+            self.abandon(task, "service ignored cancellation")
+
+    def abandon(self, task: asyncio.Task[Any], message: str) -> None:
+        """A task that does not stop: logged; the process will end without it (exit 70)."""
+        chain = await_chain(task)
+        stack = format_chain(chain)
+        logger.error(
+            message, extra={"task": task.get_name(), "culprit": culprit(chain), "stack": stack}
+        )
+        self.abandoned.add(task)
 
     async def guarded(self, name: str, service: Service) -> None:
         """Run one service; a crash starts the shutdown of the whole process (exit 1)."""
         try:
             await service(self.lifecycle)
         except asyncio.CancelledError:
-            raise
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            # Nobody cancelled it: the service raised CancelledError itself. That is a crash.
+            self.crash(name, "service raised CancelledError")
+        except (SystemExit, KeyboardInterrupt) as exc:
+            self.crash(name, f"service raised {type(exc).__name__}({exc})")
         except Exception:
             logger.exception("service crashed", extra={"service": name})
             self.crashed = True
@@ -367,17 +429,35 @@ class _Run:
             if not self.lifecycle.shutdown_requested:
                 logger.info("service returned", extra={"service": name})
 
-    def begin_shutdown(self, reason: str) -> None:
-        if self.lifecycle.request_shutdown(reason):
-            logger.info("shutdown requested", extra={"reason": reason})
+    def crash(self, name: str, what: str) -> None:
+        logger.error("service crashed: %s", what, extra={"service": name})
+        self.crashed = True
+        self.begin_shutdown(f"service {name} crashed")
 
-    def on_signal(self, signum: int) -> None:
+    # -- shutdown requests -------------------------------------------------------------------
+
+    def begin_shutdown(self, reason: str, *, at: float | None = None, quiet: bool = False) -> None:
+        """Fix the deadlines (first call only) and wake the run; safe from any thread."""
+        if self.lifecycle.request_shutdown(reason, at=at) and not quiet:
+            deadlines = self.lifecycle.deadlines
+            logger.info(
+                "shutdown requested",
+                extra={
+                    "reason": reason,
+                    "drain_seconds": self.lifecycle.budget.drain_seconds,
+                    "hard_deadline_seconds": self.lifecycle.budget.total_seconds,
+                    "requested_at_monotonic": deadlines.requested_at if deadlines else None,
+                },
+            )
+
+    def on_signal(self, signum: int, at: float) -> None:
+        """SIGTERM/SIGINT, from the watchdog thread (the loop may be blocked)."""
         name = signal.Signals(signum).name
-        if self.lifecycle.shutdown_requested:
-            logger.warning("second signal: cancelling in-flight work now", extra={"signal": name})
-            self.cancel_now.set()
-        else:
-            self.begin_shutdown(name)
+        if not self.lifecycle.shutdown_requested:
+            self.begin_shutdown(name, at=at)
+            return
+        logger.warning("second signal: cancelling in-flight work now", extra={"signal": name})
+        self.lifecycle._call_in_loop(self.cancel_now.set)
 
     def enter_phase(self, phase: Phase, **extra: Any) -> None:
         """Enter ``phase``; log it with how long the previous phase took; trace the shutdown."""
@@ -405,49 +485,6 @@ class _Run:
                 **extra,
             },
         )
-
-
-@contextlib.contextmanager
-def _signal_handlers(callback: Callable[[int], None], *, enabled: bool) -> Iterator[None]:
-    """Install SIGTERM/SIGINT handlers for the run; restore the previous ones after."""
-    if not enabled:
-        yield
-        return
-    if threading.current_thread() is not threading.main_thread():
-        raise SignalHandlingError(
-            "signal handlers can only be installed in the main thread; run the supervisor "
-            "there, or pass handle_signals=False and call request_shutdown() yourself"
-        )
-    loop = asyncio.get_running_loop()
-    previous: dict[signal.Signals, _SignalHandler] = {}
-    for sig in _SIGNALS:
-        previous[sig] = signal.getsignal(sig)
-        loop.add_signal_handler(sig, callback, int(sig))
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            loop.remove_signal_handler(sig)
-            signal.signal(sig, handler)
-
-
-def _await_stack(task: asyncio.Task[Any]) -> str:
-    """Where a task is suspended, outermost first, following the chain of awaits.
-
-    ``Task.get_stack()`` shows one frame for a suspended coroutine; the await chain shows the
-    line in user code that refuses to finish.
-    """
-    lines = []
-    awaitable: Any = task.get_coro()
-    while awaitable is not None:
-        frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "gi_frame", None)
-        if frame is not None:
-            lines.append(
-                f'  File "{frame.f_code.co_filename}", line {frame.f_lineno}, '
-                f"in {frame.f_code.co_name}"
-            )
-        awaitable = getattr(awaitable, "cr_await", None) or getattr(awaitable, "gi_yieldfrom", None)
-    return "\n".join(lines)
 
 
 async def _identify() -> ecs.TaskIdentity | None:

@@ -22,3 +22,8 @@ output "task_role_arn" {
   description = "The worker's own credentials (consume its queue only)."
   value       = aws_iam_role.task.arn
 }
+
+output "elasticache_parameter_group_name" {
+  description = "Parameter group (maxmemory-policy noeviction) for the ElastiCache cluster that holds the idempotency records."
+  value       = aws_elasticache_parameter_group.idempotency.name
+}

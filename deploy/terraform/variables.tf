@@ -30,6 +30,12 @@ variable "redis_url_secret_arn" {
   type        = string
 }
 
+variable "elasticache_parameter_group_family" {
+  description = "Engine family of the ElastiCache cluster holding the idempotency records (redis7, valkey7, valkey8...): its parameter group sets maxmemory-policy noeviction."
+  type        = string
+  default     = "redis7"
+}
+
 variable "vpc_id" {
   description = "VPC of the tasks."
   type        = string

@@ -229,7 +229,16 @@ async def setup(rt: Runtime) -> None:
         raise ConfigurationError("the payments API keeps payments in Redis: set a redis:// URL")
     redis = redis_client(redis_settings)
     await rt.enter(redis, name="redis")  # closed last: after the API has drained
-    store = RedisStore(redis, max_result_bytes=redis_settings.max_result_bytes)
+    # Entered: it checks Redis' eviction policy now (exit 78 on one that may evict records).
+    store = await rt.enter(
+        RedisStore(
+            redis,
+            max_result_bytes=redis_settings.max_result_bytes,
+            call_timeout_seconds=redis_settings.call_timeout_seconds,
+            accept_eviction_risk=redis_settings.accept_eviction_risk,
+        ),
+        name="idempotency",
+    )
     api = build_api(redis=redis, store=store, settings=settings, idempotency=idempotency)
     server = await serve_asgi(rt, api, settings=http)
     logger.info("payments API ready", extra={"port": server.port})

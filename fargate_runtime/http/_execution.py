@@ -17,6 +17,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from .._work import current_work
 from ..errors import ResultTooLargeError, StoreUnavailableError
 from ..idempotency import Completion
 from ._replay import StoredResponse
@@ -88,10 +89,21 @@ class Execution:
         self._start_renewal()
         try:
             await self._app(scope, replay_body, capture)
-        except BaseException:
+        except BaseException as exc:
             if not self._settled:
                 self._settled = True
-                await self._release()
+                if _still_running(exc):
+                    # Cut while its work goes on in a thread: releasing now would let a retry
+                    # run it a second time, at the same time. The lease ends it instead.
+                    logger.error(
+                        "request cut while its work runs in a thread; key left to its lease",
+                        extra={
+                            "key": self._held.key,
+                            "lease_seconds": self._settings.lease_seconds,
+                        },
+                    )
+                else:
+                    await self._release()
             raise
         finally:
             self._stop_renewal()
@@ -184,3 +196,9 @@ class Execution:
             self._renewal_timer.cancel()
         if self._renewal is not None:
             self._renewal.cancel()
+
+
+def _still_running(exc: BaseException) -> bool:
+    """The request was cancelled, but an executor job it started (to_thread) still runs."""
+    work = current_work()
+    return isinstance(exc, asyncio.CancelledError) and work is not None and work.threads_running

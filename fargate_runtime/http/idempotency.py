@@ -38,6 +38,7 @@ from ..idempotency import (
     ClaimResult,
     ClaimStatus,
     Held,
+    attempt_owner,
     fingerprint,
     scoped_key,
 )
@@ -216,8 +217,11 @@ class IdempotencyMiddleware:
         parts = (scope["method"].encode(), target, scope.get("query_string", b""), body)
         request = ClaimRequest(stored_key, fingerprint(b"\0".join(parts)))
         try:
+            # Each request is its own attempt: two requests with one key never pass as the same.
             [claim] = await self._store.claim_many(
-                [request], owner=self._owner, lease_seconds=self._settings.lease_seconds
+                [request],
+                owner=attempt_owner(self._owner),
+                lease_seconds=self._settings.lease_seconds,
             )
         except StoreUnavailableError as exc:
             mark_idempotency_outcome(IdempotencyOutcome.STORE_ERROR)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
+from .._work import Work, running
 from ..settings import load_settings
 from ._lifespan import AppLifespan
 from .settings import HttpSettings
@@ -205,7 +206,7 @@ class HttpServer:
         logger.warning("http drain deadline hit: cutting requests", extra={"in_flight": len(tasks)})
         self._front.cutting = True
         for task in tasks:
-            task.cancel()
+            lifecycle.cancel_task(task)  # a request inside a cleanup scope finishes it first
         server.should_exit = server.force_exit = True
         # Bounded by the release share; a further cancellation only abandons the wait.
         with contextlib.suppress(asyncio.CancelledError):
@@ -304,7 +305,10 @@ class _Front:
         self.in_flight += 1
         began = time.monotonic()
         try:
-            await self._app(scope, receive, send_closing)
+            # The request's executor jobs (to_thread) are recorded on its Work: cut at the
+            # deadline while one still runs, its Idempotency-Key is not released under it.
+            with running(Work()):
+                await self._app(scope, receive, send_closing)
         except asyncio.CancelledError:
             if not self.cutting:
                 raise

@@ -5,16 +5,18 @@ lease expiry), written only by atomic store operations; see ``IdempotencyStore``
 the guard::
 
     settings = load_idempotency_settings()  # FARGATE_RUNTIME_IDEMPOTENCY_*, REDIS_URL
-    store = open_store(settings)  # close with aclose(), or enter it as a resource
-    idem = Idempotency.from_settings(store, settings)
+    async with open_store(settings) as store:  # or Runtime.enter(): checks the eviction policy
+        idem = Idempotency.from_settings(store, settings)
 
-    @idem.idempotent("charges", key=lambda event: event["id"])
-    async def charge(event: dict[str, Any]) -> dict[str, Any]:
-        claim = current_claim()  # claim.key and claim.token go downstream
-        ...
+        @idem.idempotent("charges", key=lambda event: event["id"])
+        async def charge(event: dict[str, Any]) -> dict[str, Any]:
+            claim = current_claim()  # claim.key and claim.token go downstream
+            ...
 
-Batch callers (the SQS consumer) call ``claim_many`` / ``complete_many`` on the store directly:
-one round trip for a whole receive batch.
+Results replay with their types (``JsonSerializer``, ``TypedSerializer``); one that cannot be
+stored completes the record without it (``ResultUnavailableError`` for duplicates), never a
+second run. Batch callers (the SQS consumer) call ``claim_many`` / ``complete_many`` on the
+store directly, one round trip for a whole receive batch, with one ``attempt_owner`` per call.
 
 With ``PostgresStore`` (``FARGATE_RUNTIME_IDEMPOTENCY_STORE=postgres``) the record can commit in
 the handler's own transaction: exactly-once database effects, see ``postgres_transaction``::
@@ -33,6 +35,7 @@ from ..errors import (
     LeaseLostError,
     PayloadMismatchError,
     ResultTooLargeError,
+    ResultUnavailableError,
     StoreUnavailableError,
 )
 from ._store import (
@@ -47,14 +50,16 @@ from ._store import (
 )
 from .claim import Claim, GuardStats, current_claim
 from .connection import open_store, redis_client
-from .guard import Guard, Idempotency
+from .guard import Guard
 from .keys import MAX_KEY_LENGTH, fingerprint, scoped_key
 from .memory_store import ManualClock, MemoryStore
+from .owners import attempt_owner
 from .postgres_schema import schema_sql
 from .postgres_store import PostgresStore
 from .postgres_transaction import Transaction, TransactionalClaim
 from .redis_store import RedisStore
-from .serialization import JsonSerializer, Serializer, encode_result
+from .serialization import JsonSerializer, Serializer, TypedSerializer, encode_result
+from .service import Idempotency
 from .settings import FailurePolicy, IdempotencySettings, StoreKind, load_idempotency_settings
 
 __all__ = [
@@ -83,12 +88,15 @@ __all__ = [
     "RecordState",
     "RedisStore",
     "ResultTooLargeError",
+    "ResultUnavailableError",
     "Serializer",
     "StoreBase",
     "StoreKind",
     "StoreUnavailableError",
     "Transaction",
     "TransactionalClaim",
+    "TypedSerializer",
+    "attempt_owner",
     "current_claim",
     "encode_result",
     "fingerprint",

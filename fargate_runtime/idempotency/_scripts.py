@@ -1,4 +1,4 @@
-"""The Lua scripts that are the only writers of idempotency records in Redis.
+"""The Lua scripts that are the only writers of idempotency records in Redis, and their replies.
 
 A record is one string with a server-side TTL (``PX``): the lease while in progress, the
 retention once completed. Its layout is binary-safe and cheap to parse in Lua::
@@ -21,8 +21,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-__all__ = ["CLAIM", "COMPLETE", "RELEASE", "RENEW", "Script"]
+from ._store import ClaimResult, ClaimStatus
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["CLAIM", "COMPLETE", "RELEASE", "RENEW", "Script", "claim_results", "flags"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +60,10 @@ end
 # Reply: {header, result...}. The header has one word per record: "1:token" acquired,
 # "2:token" completed (its stored result follows the header, in record order), "3" in progress,
 # "4" mismatch.
+# A record in progress under this very owner (and payload) is this call's own, written by an
+# earlier try whose reply was lost: it answers "1" with its token and restarts the lease. Only a
+# key's first occurrence in the call may be recognised so: a key repeated in one batch is still
+# claimed once, on the first try and on every retry alike.
 CLAIM = Script(
     "claim",
     _WORDS
@@ -88,7 +98,7 @@ for fence, count in pairs(wanted) do
   last[fence] = top - count
 end
 
-local header, results, written = {}, {}, {}
+local header, results, written, answered = {}, {}, {}, {}
 for i = 1, n do
   local key, fp = KEYS[i], ARGV[3 + i]
   local value = written[key] or values[i]
@@ -108,10 +118,14 @@ for i = 1, n do
     elseif string.sub(value, 1, 1) == 'c' then
       header[i] = '2:' .. token
       results[#results + 1] = string.sub(value, fp_end + 1)
+    elseif not answered[key] and string.sub(value, fp_end + 1) == owner then
+      redis.call('PEXPIRE', key, lease)
+      header[i] = '1:' .. token
     else
       header[i] = '3'
     end
   end
+  answered[key] = true
 end
 table.insert(results, 1, table.concat(header, ' '))
 return results
@@ -191,3 +205,33 @@ end
 return table.concat(out)
 """,
 )
+
+# The claim script's status codes.
+_STATUSES = {
+    b"1": ClaimStatus.ACQUIRED,
+    b"2": ClaimStatus.COMPLETED,
+    b"3": ClaimStatus.IN_PROGRESS,
+    b"4": ClaimStatus.MISMATCH,
+}
+
+
+def claim_results(keys: Sequence[str], reply: list[bytes]) -> list[ClaimResult]:
+    """Decode the claim script's ``{header, stored results...}`` reply (see ``CLAIM``)."""
+    words = reply[0].split()
+    stored = iter(reply[1:])
+    results = []
+    for key, word in zip(keys, words, strict=True):
+        code, _, token = word.partition(b":")
+        status = _STATUSES[code]
+        if status is ClaimStatus.ACQUIRED:
+            results.append(ClaimResult(key, status, int(token)))
+        elif status is ClaimStatus.COMPLETED:
+            results.append(ClaimResult(key, status, int(token), next(stored)))
+        else:
+            results.append(ClaimResult(key, status))
+    return results
+
+
+def flags(reply: bytes) -> list[bool]:
+    """Decode the other scripts' one-character-per-record reply ("1" done, "0" refused)."""
+    return [flag == ord("1") for flag in reply]

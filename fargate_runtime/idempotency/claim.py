@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from ..errors import ResultUnavailableError
+
 __all__ = ["Claim", "GuardStats", "bind_claim", "current_claim"]
 
 _current: contextvars.ContextVar[Claim] = contextvars.ContextVar("fargate_runtime_claim")
@@ -28,17 +30,20 @@ class GuardStats:
     lease_lost: int = 0
     store_errors: int = 0
     unprotected: int = 0  # ran without a claim because the store was down (fail-open)
+    unstored: int = 0  # completed without their result (unserializable, too large): see logs
 
 
 class Claim:
     """What the guarded code sees: the key and fencing token to pass downstream.
 
     ``replayed`` is True when the key was completed before: the block must not run its effect
-    again and ``result`` holds the stored result. ``protected`` is False only under the fail-open
-    policy while the store is down (the token is then 0, lower than any real token).
+    again and ``result`` holds the stored result (reading it raises ResultUnavailableError when
+    the first run's result could not be stored: the work is done, its result is not kept).
+    ``protected`` is False only under the fail-open policy while the store is down (the token is
+    then 0, lower than any real token).
     """
 
-    __slots__ = ("_result", "key", "lease_lost", "protected", "replayed", "token")
+    __slots__ = ("_result", "_unavailable", "key", "lease_lost", "protected", "replayed", "token")
 
     def __init__(
         self,
@@ -48,6 +53,7 @@ class Claim:
         replayed: bool = False,
         protected: bool = True,
         result: object = None,
+        unavailable: ResultUnavailableError | None = None,
     ) -> None:
         self.key = key
         self.token = token
@@ -55,10 +61,16 @@ class Claim:
         self.protected = protected
         self.lease_lost = False
         self._result = result
+        self._unavailable = unavailable
 
     @property
     def result(self) -> object:
-        """The stored result when replayed, else what ``set_result`` was given (None)."""
+        """The stored result when replayed, else what ``set_result`` was given (None).
+
+        Raises ResultUnavailableError for a replay whose result was not kept.
+        """
+        if self._unavailable is not None:
+            raise self._unavailable.with_traceback(None)  # a fresh traceback each time
         return self._result
 
     def set_result(self, value: object) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
@@ -31,9 +31,13 @@ def redis_client(
 ) -> Redis | RedisCluster:
     """A redis-py asyncio client for ``settings.redis_url`` (a cluster client if configured).
 
-    ``socket_timeout=False`` leaves reads and writes unbounded by redis-py, for a caller that
-    bounds every call itself (the store does, with ``call_timeout_seconds``): on Python 3.11
-    redis-py's write timeout wraps every command in an extra task, about 10 % of a batch.
+    A standalone client gets a blocking pool of ``max_connections`` (beyond it, a command waits
+    up to ``call_timeout_seconds`` for a connection instead of failing at once); a cluster
+    client keeps redis-py's own pool per node (a batch fans out to several nodes at once, which
+    one bound could not describe). ``socket_timeout=False`` leaves reads and writes
+    unbounded by redis-py, for a caller that bounds every call itself (the store does, with
+    ``call_timeout_seconds``): on Python 3.11 redis-py's write timeout wraps every command in
+    an extra task, about 10 % of a batch.
     """
     url = settings.redis_url.get_secret_value()
     options: dict[str, Any] = {
@@ -56,14 +60,19 @@ def redis_client(
         options["ssl_ca_certs"] = settings.redis_tls_ca_file
     if settings.cluster:
         return RedisCluster.from_url(url, **options)
-    return Redis.from_url(url, **options)
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=settings.max_connections,
+        timeout=settings.call_timeout_seconds,
+        **options,
+    )
+    return Redis.from_pool(pool)  # the client owns the pool: closing it closes the pool
 
 
 def open_store(settings: IdempotencySettings) -> RedisStore | MemoryStore | PostgresStore:
-    """The store ``settings`` describe; close it with ``aclose`` (or ``async with``).
-
-    The PostgreSQL store connects (and checks its schema) when entered: ``rt.enter(store)``.
-    """
+    """The store ``settings`` describe: enter it (``async with``, or ``Runtime.enter``) to check
+    Redis' eviction policy at start, or to connect to PostgreSQL and check its schema; close it
+    with ``aclose`` (or by leaving the block)."""
     if settings.store is StoreKind.POSTGRES:
         return PostgresStore.from_settings(settings)
     if settings.in_memory:
@@ -72,5 +81,6 @@ def open_store(settings: IdempotencySettings) -> RedisStore | MemoryStore | Post
         redis_client(settings, socket_timeout=False),
         max_result_bytes=settings.max_result_bytes,
         call_timeout_seconds=settings.call_timeout_seconds,
+        accept_eviction_risk=settings.accept_eviction_risk,
         owns_client=True,
     )

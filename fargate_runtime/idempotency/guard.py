@@ -1,10 +1,14 @@
-"""The guard user code reads naturally: ``async with idem.guard(...)`` and ``@idem.idempotent``.
+"""One guarded block, ``async with idem.guard(...)``: claim, run, complete or release, renew.
 
 A guarded block runs once per key: it claims the key, runs, and completes the record with its
 result; a completed duplicate replays that result instead of running. Whatever the block raises
 (``BaseException``: errors, cancellation, ``SystemExit``) releases the claim so the work can run
-again, and the block's own exception is what propagates. Long blocks keep their lease alive:
-a renewal every third of the lease restarts it, so two renewals can fail before it ends::
+again, and the block's own exception is what propagates. Once the block has succeeded its work
+is never released: a result that cannot be stored (not serializable, too large) completes the
+record with a marker, the first caller keeps its result, and duplicates get
+ResultUnavailableError instead of running again. Each entry is one attempt with its own owner id
+(see ``owners``). Long blocks keep their lease alive: a renewal every third of the lease
+restarts it, so two renewals can fail before it ends::
 
     claim       renew       renew       renew             complete (or release on error)
     |--lease/3--|--lease/3--|--lease/3--|---- block ... ---|
@@ -19,39 +23,32 @@ not cut them off halfway; the write finishes in the background and the cancellat
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING
 
-from ..ecs import owner_id
 from ..errors import (
     AlreadyInProgressError,
     LeaseLostError,
     PayloadMismatchError,
+    ResultTooLargeError,
+    ResultUnavailableError,
     StoreUnavailableError,
 )
 from ._background import spawn
 from ._store import ClaimRequest, ClaimStatus, Completion, Held
-from .claim import Claim, GuardStats, bind_claim
-from .keys import fingerprint as fingerprint_of
-from .keys import scoped_key
-from .serialization import DEFAULT_MAX_RESULT_BYTES, JsonSerializer, encode_result
+from .claim import Claim
+from .owners import attempt_owner
+from .serialization import decode_result, encode_result, unstored_marker
 from .settings import FailurePolicy
 
 if TYPE_CHECKING:
-    import contextlib
-    from collections.abc import Awaitable, Callable
     from types import TracebackType
 
-    from ._store import ClaimResult, IdempotencyStore
-    from .postgres_transaction import Transaction
+    from ._store import ClaimResult
     from .serialization import Serializer
-    from .settings import IdempotencySettings
+    from .service import Idempotency
 
-__all__ = ["Guard", "Idempotency"]
-
-P = ParamSpec("P")
-R = TypeVar("R")
+__all__ = ["Guard"]
 
 logger = logging.getLogger("fargate_runtime.idempotency")
 
@@ -59,32 +56,38 @@ logger = logging.getLogger("fargate_runtime.idempotency")
 class Guard:
     """One guarded block: ``async with idem.guard(scope, key, payload=...) as claim``."""
 
-    __slots__ = ("_claim", "_closed", "_fingerprint", "_idem", "_key", "_timer")
+    __slots__ = ("_claim", "_closed", "_fingerprint", "_idem", "_key", "_serializer", "_timer")
 
-    def __init__(self, idem: Idempotency, key: str, fingerprint: str) -> None:
+    def __init__(
+        self,
+        idem: Idempotency,
+        key: str,
+        fingerprint: str,
+        serializer: Serializer | None = None,
+    ) -> None:
         self._idem = idem
         self._key = key
         self._fingerprint = fingerprint
+        self._serializer = serializer or idem.serializer
         self._claim: Claim | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
 
     async def __aenter__(self) -> Claim:
         idem = self._idem
-        task = spawn(
-            idem.store.claim_many(
-                [ClaimRequest(self._key, self._fingerprint)],
-                owner=idem.owner,
-                lease_seconds=idem.lease_seconds,
-            )
-        )
+        store = idem.store
+        owner = attempt_owner(idem.owner)  # this attempt's own: a retry of it recognises it
+        requests = [ClaimRequest(self._key, self._fingerprint)]
+        task = spawn(store.claim_many(requests, owner=owner, lease_seconds=idem.lease_seconds))
         try:
             (result,) = await asyncio.shield(task)
         except asyncio.CancelledError:
             # The claim may still succeed on the server: give it back when it does.
-            task.add_done_callback(idem._release_if_acquired)
+            task.add_done_callback(self._release_if_acquired)
             raise
         except StoreUnavailableError:
+            # A reply lost for good (past redis-py's retries, which recognise their own claim)
+            # may leave this attempt's claim behind: it ends with its lease.
             idem.stats.store_errors += 1
             if idem.failure_policy is FailurePolicy.CLOSED:
                 raise
@@ -107,7 +110,10 @@ class Guard:
             return Claim(self._key, result.token)
         if result.status is ClaimStatus.COMPLETED and result.token is not None:
             idem.stats.replayed += 1
-            stored = idem.serializer.loads(result.result or b"null")
+            try:
+                stored = decode_result(self._serializer, result.result or b"null", key=self._key)
+            except ResultUnavailableError as unavailable:
+                return Claim(self._key, result.token, replayed=True, unavailable=unavailable)
             return Claim(self._key, result.token, replayed=True, result=stored)
         if result.status is ClaimStatus.MISMATCH:
             idem.stats.mismatched += 1
@@ -132,23 +138,41 @@ class Guard:
         else:
             await self._release(claim, exc)
 
-    async def _complete(self, claim: Claim) -> None:
+    def _encode(self, claim: Claim) -> tuple[bytes, BaseException | None]:
+        """The bytes to complete with: the result's, or a marker saying why it cannot be kept.
+
+        The work has run: whatever goes wrong here must not release the claim.
+        """
         idem = self._idem
         try:
-            data = encode_result(
-                idem.serializer, claim.result, max_bytes=idem.max_result_bytes, key=claim.key
-            )
-        except BaseException as exc:
-            await self._release(claim, exc)
-            raise
-        task = spawn(
-            idem.store.complete_many(
-                [Completion(claim.key, claim.token, data)],
-                retention_seconds=idem.retention_seconds,
-            )
-        )
+            value = claim.result
+            return encode_result(
+                self._serializer, value, max_bytes=idem.max_result_bytes, key=claim.key
+            ), None
+        except BaseException as problem:  # noqa: BLE001 - user serializers may raise anything
+            return unstored_marker(problem), problem
+
+    async def _complete(self, claim: Claim) -> None:
+        data, problem = self._encode(claim)
         try:
-            (done,) = await asyncio.shield(task)
+            await self._record(claim, data, problem)
+        finally:
+            if problem is not None and not isinstance(problem, Exception):
+                # KeyboardInterrupt, SystemExit while serializing: recorded first, now on its way.
+                raise problem
+
+    async def _record(self, claim: Claim, data: bytes, problem: BaseException | None) -> None:
+        """Complete with ``data`` (a marker when the store refuses its size), count, log."""
+        idem = self._idem
+        try:
+            try:
+                done = await self._completion(claim, data)
+            except ResultTooLargeError as too_large:  # the store's own limit is lower
+                problem = too_large
+                try:
+                    done = await self._completion(claim, unstored_marker(too_large))
+                except ResultTooLargeError:  # even the marker's reason: keep the bare marker
+                    done = await self._completion(claim, unstored_marker(None))
         except StoreUnavailableError:
             idem.stats.store_errors += 1
             if idem.failure_policy is FailurePolicy.CLOSED:
@@ -168,6 +192,25 @@ class Guard:
             )
             raise LeaseLostError(claim.key, claim.token)
         idem.stats.completed += 1
+        if problem is not None:
+            idem.stats.unstored += 1
+            logger.error(
+                "idempotent work completed WITHOUT its result: it cannot be stored (%r); the "
+                "work will not run again, duplicates get ResultUnavailableError",
+                problem,
+                extra={"idempotency_key": claim.key, "fencing_token": claim.token},
+            )
+
+    async def _completion(self, claim: Claim, data: bytes) -> bool:
+        """Complete ``claim`` with ``data``; the write finishes even if we are cancelled."""
+        task = spawn(
+            self._idem.store.complete_many(
+                [Completion(claim.key, claim.token, data)],
+                retention_seconds=self._idem.retention_seconds,
+            )
+        )
+        (done,) = await asyncio.shield(task)
+        return bool(done)
 
     async def _release(self, claim: Claim, error: BaseException) -> None:
         """Release after ``error``; a failure here is logged and noted, never raised over it."""
@@ -189,6 +232,27 @@ class Guard:
         )
         error.add_note(note)
         logger.warning(note, extra={"idempotency_key": claim.key})
+
+    def _release_if_acquired(self, task: asyncio.Future[list[ClaimResult]]) -> None:
+        """Done-callback for a claim whose caller was cancelled: release what it acquired."""
+        if task.cancelled() or task.exception() is not None:
+            return
+        held = [
+            Held(result.key, result.token)
+            for result in task.result()
+            if result.status is ClaimStatus.ACQUIRED and result.token is not None
+        ]
+        if held:
+            spawn(self._release_quietly(held))
+
+    async def _release_quietly(self, held: list[Held]) -> None:
+        try:
+            await self._idem.store.release_many(held)
+        except StoreUnavailableError as exc:
+            logger.warning(
+                "could not release claims of a cancelled caller; they end with their lease",
+                extra={"idempotency_keys": [item.key for item in held], "error": repr(exc)},
+            )
 
     def _start_heartbeat(self) -> None:
         if self._idem.heartbeat:
@@ -224,159 +288,3 @@ class Guard:
             )
             return
         self._start_heartbeat()
-
-
-class Idempotency:
-    """Guards for one service: a store, a key prefix and the lease, retention and policy.
-
-    Example::
-
-        idem = Idempotency(store, prefix="payments-worker")
-
-        async with idem.guard("charges", event["id"], payload=event["body"]) as claim:
-            if claim.replayed:
-                return claim.result
-            receipt = await psp.charge(..., idempotency_key=claim.key, fence=claim.token)
-            claim.set_result(receipt)
-    """
-
-    def __init__(
-        self,
-        store: IdempotencyStore,
-        *,
-        prefix: str,
-        owner: str | None = None,
-        lease_seconds: float = 30.0,
-        retention_seconds: float = 24 * 3600.0,
-        serializer: Serializer | None = None,
-        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
-        failure_policy: FailurePolicy = FailurePolicy.CLOSED,
-        heartbeat: bool = True,
-        release_timeout_seconds: float = 2.0,
-        hash_tags: bool = False,
-    ) -> None:
-        scoped_key(prefix, "scope", "key")  # validate the prefix now, not on the first message
-        self.store = store
-        self.prefix = prefix
-        self.owner = owner or owner_id()
-        self.lease_seconds = lease_seconds
-        self.retention_seconds = retention_seconds
-        self.serializer: Serializer = serializer or JsonSerializer()
-        self.max_result_bytes = max_result_bytes
-        self.failure_policy = failure_policy
-        self.heartbeat = heartbeat
-        self.release_timeout_seconds = release_timeout_seconds
-        self.hash_tags = hash_tags
-        self.stats = GuardStats()
-        if failure_policy is FailurePolicy.OPEN:
-            logger.warning(
-                "idempotency failure policy is OPEN: when the store is down, work runs "
-                "unprotected and duplicates may run twice",
-                extra={"idempotency_prefix": prefix},
-            )
-
-    @classmethod
-    def from_settings(
-        cls, store: IdempotencyStore, settings: IdempotencySettings, **overrides: Any
-    ) -> Idempotency:
-        """Guards configured by ``settings`` (``overrides`` win, e.g. ``serializer=``)."""
-        options: dict[str, Any] = {
-            "prefix": settings.key_prefix,
-            "lease_seconds": settings.lease_seconds,
-            "retention_seconds": settings.retention_seconds,
-            "max_result_bytes": settings.max_result_bytes,
-            "failure_policy": settings.failure_policy,
-            "release_timeout_seconds": settings.release_timeout_seconds,
-            "hash_tags": settings.cluster_hash_tags,
-        }
-        options.update(overrides)
-        return cls(store, **options)
-
-    def key(self, scope: str, key: str) -> str:
-        """The stored key for ``key`` in ``scope`` (``prefix:scope:key``)."""
-        return scoped_key(self.prefix, scope, key, hash_tag=self.hash_tags)
-
-    def guard(
-        self, scope: str, key: str, *, payload: object = None, fingerprint: str | None = None
-    ) -> Guard:
-        """Guard a block by ``key`` within ``scope``.
-
-        ``payload`` (or a ready ``fingerprint``) identifies the request: the same key with a
-        different payload raises PayloadMismatchError. Raises AlreadyInProgressError when another
-        owner holds the key and StoreUnavailableError (fail-closed) when the store is down.
-        """
-        stored = self.key(scope, key)
-        return Guard(self, stored, fingerprint or fingerprint_of(payload))
-
-    def transaction(
-        self,
-        scope: str,
-        key: str,
-        *,
-        payload: object = None,
-        fingerprint: str | None = None,
-        isolation: str | None = None,
-    ) -> contextlib.AbstractAsyncContextManager[Transaction]:
-        """Guard a block whose PostgreSQL writes commit together with its completion.
-
-        Needs the PostgreSQL store; see ``postgres_guard`` (replays, leases, failures).
-        """
-        from .postgres_guard import guarded_transaction
-
-        return guarded_transaction(
-            self, scope, key, payload=payload, fingerprint=fingerprint, isolation=isolation
-        )
-
-    def idempotent(
-        self,
-        scope: str,
-        *,
-        key: Callable[P, str],
-        payload: Callable[P, object] | None = None,
-    ) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
-        """Decorate an async function so it runs once per key and replays its result after.
-
-        ``key`` and ``payload`` receive the function's arguments; without ``payload`` all the
-        arguments are fingerprinted. Inside, ``current_claim()`` gives the key and token. A
-        replayed result comes back through the serializer (JSON: dicts, lists, scalars).
-        """
-
-        def decorate(function: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-            @functools.wraps(function)
-            async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
-                if payload is not None:
-                    selected = payload(*args, **kwargs)
-                else:
-                    selected = {"args": args, "kwargs": kwargs}
-                async with self.guard(scope, key(*args, **kwargs), payload=selected) as claim:
-                    if claim.replayed:
-                        return cast("R", claim.result)
-                    with bind_claim(claim):
-                        value = await function(*args, **kwargs)
-                    claim.set_result(value)
-                    return value
-
-            return guarded
-
-        return decorate
-
-    def _release_if_acquired(self, task: asyncio.Future[list[ClaimResult]]) -> None:
-        """Done-callback for a claim whose caller was cancelled: release what it acquired."""
-        if task.cancelled() or task.exception() is not None:
-            return
-        held = [
-            Held(result.key, result.token)
-            for result in task.result()
-            if result.status is ClaimStatus.ACQUIRED and result.token is not None
-        ]
-        if held:
-            spawn(self._release_quietly(held))
-
-    async def _release_quietly(self, held: list[Held]) -> None:
-        try:
-            await self.store.release_many(held)
-        except StoreUnavailableError as exc:
-            logger.warning(
-                "could not release claims of a cancelled caller; they end with their lease",
-                extra={"idempotency_keys": [item.key for item in held], "error": repr(exc)},
-            )

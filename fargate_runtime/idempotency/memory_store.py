@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import StoreUnavailableError
+from . import _limits
+from ._loop import LoopBinding
 from ._store import ClaimResult, ClaimStatus, RecordState, StoreBase
 from .keys import fence_base
 from .serialization import DEFAULT_MAX_RESULT_BYTES, check_result_size
@@ -66,7 +68,10 @@ class MemoryStore(StoreBase):
         max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
     ) -> None:
         self._clock = clock
-        self._max_result_bytes = max_result_bytes
+        self._max_result_bytes = _limits.count(
+            "max_result_bytes", max_result_bytes, maximum=_limits.MAX_RESULT_BYTES_LIMIT
+        )
+        self._loop = LoopBinding("MemoryStore")
         self._records: dict[str, _Record] = {}
         self._counters: dict[str, int] = {}
         self._unavailable = False
@@ -81,6 +86,8 @@ class MemoryStore(StoreBase):
         return sum(1 for record in self._records.values() if record.expires_at > now)
 
     async def _enter(self) -> float:
+        # Atomic only within one event loop: a second loop (another thread) could interleave.
+        self._loop.check()
         # Yield once, as a network call would, so tasks interleave between calls (never inside).
         await asyncio.sleep(0)
         if self._unavailable:
@@ -104,16 +111,20 @@ class MemoryStore(StoreBase):
         self, requests: Sequence[ClaimRequest], *, owner: str, lease_seconds: float
     ) -> list[ClaimResult]:
         """Claim every key atomically (see ``IdempotencyStore.claim_many``)."""
+        lease = _limits.lease(lease_seconds)
         counters = [fence_base(request.key) for request in requests]
         now = await self._enter()
         results = []
+        answered: set[str] = set()
         for request, counter in zip(requests, counters, strict=True):
             record = self._live(request.key, now)
+            first = request.key not in answered
+            answered.add(request.key)
             if record is None:
                 token = self._counters.get(counter, 0) + 1
                 self._counters[counter] = token
                 self._records[request.key] = _Record(
-                    RecordState.IN_PROGRESS, owner, token, request.fingerprint, now + lease_seconds
+                    RecordState.IN_PROGRESS, owner, token, request.fingerprint, now + lease
                 )
                 results.append(ClaimResult(request.key, ClaimStatus.ACQUIRED, token))
             elif record.fingerprint != request.fingerprint:
@@ -122,6 +133,10 @@ class MemoryStore(StoreBase):
                 results.append(
                     ClaimResult(request.key, ClaimStatus.COMPLETED, record.token, record.result)
                 )
+            elif first and record.owner == owner:
+                # This attempt's own claim (a retry after a lost reply): ours, lease restarted.
+                record.expires_at = now + lease
+                results.append(ClaimResult(request.key, ClaimStatus.ACQUIRED, record.token))
             else:
                 results.append(ClaimResult(request.key, ClaimStatus.IN_PROGRESS))
         return results
@@ -130,6 +145,7 @@ class MemoryStore(StoreBase):
         self, completions: Sequence[Completion], *, retention_seconds: float
     ) -> list[bool]:
         """Complete claims still ours (see ``IdempotencyStore.complete_many``)."""
+        retention = _limits.retention(retention_seconds)
         for completion in completions:
             check_result_size(
                 completion.result, max_bytes=self._max_result_bytes, key=completion.key
@@ -144,7 +160,7 @@ class MemoryStore(StoreBase):
             if record.state is RecordState.IN_PROGRESS:
                 record.state = RecordState.COMPLETED
                 record.result = completion.result
-                record.expires_at = now + retention_seconds
+                record.expires_at = now + retention
             done.append(True)  # completed by this very token: a retried call, kept as it was
         return done
 
@@ -161,11 +177,12 @@ class MemoryStore(StoreBase):
 
     async def renew_many(self, held: Sequence[Held], *, lease_seconds: float) -> list[bool]:
         """Extend leases still ours (see ``IdempotencyStore.renew_many``)."""
+        lease = _limits.lease(lease_seconds)
         now = await self._enter()
         renewed = []
         for item in held:
             record = self._held(item.key, item.token, now)
             if record is not None:
-                record.expires_at = now + lease_seconds
+                record.expires_at = now + lease
             renewed.append(record is not None)
         return renewed

@@ -39,7 +39,7 @@ from .serialization import encode_result
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from .guard import Idempotency
+    from .service import Idempotency
 
 __all__ = ["guarded_transaction"]
 
@@ -85,10 +85,12 @@ async def guarded_transaction(
     def encode(value: object) -> bytes:
         return encode_result(idem.serializer, value, max_bytes=idem.max_result_bytes, key=stored)
 
-    work = TransactionalClaim(store, held, retention_seconds=idem.retention_seconds, encode=encode)
+    recovery = TransactionalClaim(
+        store, held, retention_seconds=idem.retention_seconds, encode=encode
+    )
     renewing = asyncio.create_task(_renew(idem, store, held), name="idempotency-lease")
     try:
-        async with work.transaction(isolation=isolation) as tx:
+        async with recovery.transaction(isolation=isolation) as tx:
             yield tx
     except LeaseLostError:
         idem.stats.lease_lost += 1

@@ -346,7 +346,7 @@ class PostgresStore(StoreBase):
 
     # -- transactions -----------------------------------------------------------------------
 
-    def work(
+    def transactional(
         self,
         held: Held,
         *,

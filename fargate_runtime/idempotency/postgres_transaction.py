@@ -19,12 +19,13 @@ Recovery points (Brandur Leach's "Stripe-like idempotency keys in Postgres") spl
 effect into transactions that each commit their writes with a named step; a redelivery resumes
 after the last step committed instead of starting over::
 
-    done = await work.steps()                  # () on a fresh key
+    recovery = store.transactional(held, retention_seconds=...)   # context.recovery in SQS
+    done = await recovery.steps()              # () on a fresh key
     if "reserved" not in done:
-        async with work.step("reserved") as tx:
+        async with recovery.step("reserved") as tx:
             await tx.execute("INSERT INTO reservations ...")
-    receipt = await provider.charge(..., idempotency_key=work.key)   # outside any transaction
-    async with work.transaction() as tx:       # the last one completes the record
+    receipt = await provider.charge(..., idempotency_key=recovery.key)  # outside a transaction
+    async with recovery.transaction() as tx:   # the last one completes the record
         await tx.execute("UPDATE reservations SET receipt = $1 ...", receipt.id)
 """
 

@@ -1,16 +1,30 @@
-"""The Redis store: every record change is a Lua script, one round trip per batch (per slot).
+"""The Redis store: each batch operation is one Lua script call, through redis-py's own path.
 
 Scripts are called by SHA (``EVALSHA``); a server that does not know them (first call, restart,
 failover, ``SCRIPT FLUSH``) answers NOSCRIPT and gets the body once with ``EVAL``, which caches
-it again. On Redis Cluster a batch is split by hash slot and the per-slot scripts run
-concurrently (see ``_slots``). redis-py errors are translated here, and only here, into
-StoreUnavailableError: whatever Redis answered, the caller must treat the work as not recorded.
+it again. Every call goes through the client's ``execute_command``, so whatever the client does
+for its own commands it does for ours: Sentinel failover, Cluster routing, blocking pools,
+health checks, retries, redis-py's command metrics and OpenTelemetry's Redis instrumentation.
+On Redis Cluster a batch is split by hash slot and the per-slot scripts run concurrently (see
+``_slots``). redis-py errors are translated here, and only here, into StoreUnavailableError:
+whatever Redis answered, the caller must treat the work as not recorded.
+
+Independent of the client's settings:
+
+- bytes: keys, owners and fingerprints are sent as UTF-8 and replies read undecoded, so a
+  client made with ``decode_responses=True`` or another ``encoding`` stores and replays the
+  same bytes (a latin-1 client used to replay results corrupted);
+- connections: the scripts take at most ``max_concurrent_calls`` of the pool at once (half its
+  ``max_connections`` by default) and wait their turn beyond that, so a burst of claims never
+  exhausts a small pool (``MaxConnectionsError``) and the application's own commands and the
+  readiness probe always find a connection; redis-py's pools cannot reserve connections, hence
+  the semaphore here;
+- the eviction policy: checked before the first claim (see ``_eviction``), at ``open()`` when
+  Redis answers then (a refusal there is a ConfigurationError: exit 78).
 
 What Redis can and cannot promise (FACTS.md, "Redis for idempotency"): records live while Redis
 keeps them. A failover can drop an acknowledged write and a restart without persistence drops
-every record, so the key and the fencing token should also reach the downstream system. Run the
-Redis with ``maxmemory-policy noeviction`` (or a ``volatile-*`` policy): evicting a record is
-forgetting that its work was done.
+every record, so the key and the fencing token should also reach the downstream system.
 """
 
 from __future__ import annotations
@@ -20,17 +34,22 @@ import contextlib
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.asyncio.cluster import RedisCluster
+from redis.client import NEVER_DECODE
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from ..errors import StoreUnavailableError
-from ._script_calls import ScriptCalls, pack
-from ._scripts import CLAIM, COMPLETE, RELEASE, RENEW, Script
+from . import _limits
+from ._blocking_release import release_blocking
+from ._eviction import EvictionCheck
+from ._loop import LoopBinding
+from ._scripts import CLAIM, COMPLETE, RELEASE, RENEW, Script, claim_results, flags
 from ._slots import fence_key, group_by_slot
 from ._store import ClaimResult, ClaimStatus, Held, StoreBase
 from .serialization import DEFAULT_MAX_RESULT_BYTES, check_result_size
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Sequence
+    from typing import Self
 
     from redis.asyncio import Redis
 
@@ -40,56 +59,40 @@ __all__ = ["RedisStore"]
 
 T = TypeVar("T")
 
-_STATUSES = {
-    b"1": ClaimStatus.ACQUIRED,
-    b"2": ClaimStatus.COMPLETED,
-    b"3": ClaimStatus.IN_PROGRESS,
-    b"4": ClaimStatus.MISMATCH,
-}
-
 
 def _ms(seconds: float) -> int:
-    """Seconds as whole milliseconds for ``PEXPIRE`` (at least 1: 0 would delete the key)."""
-    return max(1, round(seconds * 1000))
+    """Seconds (validated: at least 0.1) as whole milliseconds for ``PX`` / ``PEXPIRE``."""
+    return round(seconds * 1000)
 
 
-def _bytes(value: bytes | str) -> bytes:
-    # A client made with decode_responses=True hands back str; we read bytes.
-    return value.encode() if isinstance(value, str) else value
+def _utf8(text: str) -> bytes:
+    # Sent as bytes, the client's own ``encoding`` never touches them.
+    return text.encode()
 
 
-def _joined(numbers: Iterable[int]) -> str:
-    return " ".join(map(str, numbers))
+def _joined(numbers: Iterable[int]) -> bytes:
+    return b" ".join(b"%d" % number for number in numbers)
 
 
-def _claim_results(keys: Sequence[str], reply: list[Any]) -> list[ClaimResult]:
-    """Decode the claim script's ``{header, stored results...}`` reply (see ``_scripts``)."""
-    words = _bytes(reply[0]).split()
-    stored = iter(reply[1:])
-    results = []
-    for key, word in zip(keys, words, strict=True):
-        code, _, token = word.partition(b":")
-        status = _STATUSES[code]
-        if status is ClaimStatus.ACQUIRED:
-            results.append(ClaimResult(key, status, int(token)))
-        elif status is ClaimStatus.COMPLETED:
-            results.append(ClaimResult(key, status, int(token), _bytes(next(stored))))
-        else:
-            results.append(ClaimResult(key, status))
-    return results
-
-
-def _flags(reply: bytes | str) -> list[bool]:
-    return [flag == ord("1") for flag in _bytes(reply)]
+def _default_call_limit(client: Redis | RedisCluster) -> int | None:
+    """Half the pool's connections (at least one); None for a cluster (a pool per node)."""
+    if isinstance(client, RedisCluster) or client.connection is not None:
+        return None
+    maximum = getattr(client.connection_pool, "max_connections", None)
+    return max(1, maximum // 2) if isinstance(maximum, int) else None
 
 
 class RedisStore(StoreBase):
-    """An ``IdempotencyStore`` on Redis (standalone, or a cluster client for Cluster/Serverless).
+    """An ``IdempotencyStore`` on Redis (standalone, Sentinel, or a cluster client).
 
     ``open_store(settings)`` builds one with deliberate timeouts and retries; any redis-py
-    asyncio client works. ``call_timeout_seconds`` bounds each call, retries included: past it
-    the call fails closed (StoreUnavailableError). ``owns_client=True`` makes ``aclose`` close
-    the client.
+    asyncio client works. ``call_timeout_seconds`` bounds each call, waiting for a connection
+    and retries included: past it the call fails closed (StoreUnavailableError).
+    ``max_concurrent_calls`` caps the connections the scripts hold at once (default: half the
+    pool). ``accept_eviction_risk`` starts even when Redis may evict records (logged).
+    ``owns_client=True`` makes ``aclose`` close the client. Enter it (``async with``) or call
+    ``open()`` to check the eviction policy at start; a store never opened checks it before its
+    first claim.
     """
 
     def __init__(
@@ -97,68 +100,107 @@ class RedisStore(StoreBase):
         client: Redis | RedisCluster,
         *,
         max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
-        call_timeout_seconds: float | None = 2.0,
+        call_timeout_seconds: float = 2.0,
+        max_concurrent_calls: int | None = None,
+        accept_eviction_risk: bool = False,
         owns_client: bool = False,
     ) -> None:
         self._client = client
-        self._call_timeout = call_timeout_seconds
-        self._cluster = isinstance(client, RedisCluster)
-        self._max_result_bytes = max_result_bytes
+        self._call_timeout = _limits.seconds(
+            "call_timeout_seconds", call_timeout_seconds, minimum=0.001, maximum=120.0
+        )
+        self._max_result_bytes = _limits.count(
+            "max_result_bytes", max_result_bytes, maximum=_limits.MAX_RESULT_BYTES_LIMIT
+        )
+        limit = _default_call_limit(client)
+        if max_concurrent_calls is not None:
+            limit = _limits.count("max_concurrent_calls", max_concurrent_calls, maximum=1_000_000)
+        self._calls = asyncio.Semaphore(limit) if limit is not None else None
         self._owns_client = owns_client
+        self._cluster = isinstance(client, RedisCluster)
         self._slots_known = False
         self._discovery = asyncio.Lock()
-        # A standalone client's scripts skip redis-py's per-command path (see _script_calls);
-        # a cluster client routes every call by slot itself.
-        self._calls = (
-            None if isinstance(client, RedisCluster) else ScriptCalls(client.connection_pool)
+        self._eviction = EvictionCheck(
+            client, accept_risk=accept_eviction_risk, timeout_seconds=self._call_timeout
         )
+        self._loop = LoopBinding("RedisStore")
+        self._closed = False
 
     @property
     def client(self) -> Redis | RedisCluster:
         """The redis-py client this store talks through."""
         return self._client
 
+    async def __aenter__(self) -> Self:
+        try:
+            await self.open()
+        except BaseException:
+            await self.aclose()  # no __aexit__ follows a failed __aenter__: close here
+            raise
+        return self
+
+    async def open(self) -> None:
+        """Check Redis' eviction policy now: ConfigurationError (exit 78) when it is unsafe.
+
+        When Redis does not answer, the store still opens (the caller's outage handling takes
+        over) and makes the check before its first claim instead.
+        """
+        self._usable()
+        await self._eviction.at_open()
+
     async def aclose(self) -> None:
-        """Give back the store's connections; close the client too if this store owns it."""
-        if self._calls is not None:
-            await self._calls.aclose()
+        """Refuse calls from now on; close the client if this store owns it (a shared client is
+        its owner's to close)."""
+        self._closed = True
         if self._owns_client:
             await self._client.aclose()
 
     async def ping(self) -> None:
         """Raise StoreUnavailableError unless Redis answers (for readiness checks)."""
+        if not self._eviction.passed:
+            self._usable()
+            await self._eviction.before_claim()  # proves Redis answers, refuses a bad policy
+            return
         try:
-            async with asyncio.timeout(self._call_timeout):
-                await self._run("PING")
-        except (TimeoutError, RedisError, RedisClusterException, OSError) as exc:
+            await self._call("PING", limited=False)
+        except StoreUnavailableError as exc:
             raise StoreUnavailableError(f"Redis does not answer PING: {exc}") from exc
 
-    async def _run(self, *command: str | bytes | int) -> Any:
-        if self._calls is not None:
-            return await self._calls.call(pack(command))
-        return await self._client.execute_command(*command)
+    def _usable(self) -> None:
+        """RuntimeError on another event loop; StoreUnavailableError once closed (background
+        cleanup that outlives its caller must not reopen connections)."""
+        self._loop.check()
+        if self._closed:
+            raise StoreUnavailableError("the idempotency store is closed")
 
-    async def _eval(
-        self, script: Script, keys: Sequence[str], args: Sequence[str | bytes | int]
-    ) -> Any:
+    async def _call(self, *command: bytes | str | int, limited: bool = True) -> Any:
+        """One command through redis-py (see ``_bounded``)."""
+        execute = self._client.execute_command
+        return await self._bounded(
+            repr(command[0]), lambda: execute(*command, **{NEVER_DECODE: []}), limited=limited
+        )
+
+    async def _eval(self, script: Script, keys: Sequence[str], args: Sequence[bytes | int]) -> Any:
+        """Run ``script`` by SHA, sending its body once where the server lacks it."""
+        self._usable()  # before the catch-all below: a wrong loop is the caller's bug, said as is
+        execute = self._client.execute_command
+        keys_and_args = [*(_utf8(key) for key in keys), *args]
+
+        async def send() -> Any:
+            try:
+                return await execute(
+                    "EVALSHA", script.sha, len(keys), *keys_and_args, **{NEVER_DECODE: []}
+                )
+            except NoScriptError:
+                # Script cache empty (restart, failover, SCRIPT FLUSH): EVAL runs and caches it.
+                return await execute(
+                    "EVAL", script.body, len(keys), *keys_and_args, **{NEVER_DECODE: []}
+                )
+
         try:
-            async with asyncio.timeout(self._call_timeout):
-                try:
-                    return await self._run("EVALSHA", script.sha, len(keys), *keys, *args)
-                except NoScriptError:
-                    # Script cache empty (restart, failover, SCRIPT FLUSH): EVAL runs and
-                    # caches it again.
-                    return await self._run("EVAL", script.body, len(keys), *keys, *args)
-        except TimeoutError as exc:
-            # The abandoned command's connection is closed by redis-py, never reused.
-            raise StoreUnavailableError(
-                f"Redis did not answer the idempotency {script.name} script within "
-                f"{self._call_timeout:g} s"
-            ) from exc
-        except (RedisError, RedisClusterException, OSError) as exc:
-            raise StoreUnavailableError(
-                f"Redis failed to run the idempotency {script.name} script: {exc}"
-            ) from exc
+            return await self._bounded(f"the idempotency {script.name} script", send)
+        except StoreUnavailableError:
+            raise
         except Exception as exc:
             # Anything else the client raises (redis-py 8.1's cluster client can fail with an
             # AttributeError when a re-initialization tears down a connection another command
@@ -167,6 +209,27 @@ class RedisStore(StoreBase):
                 f"the Redis client failed while running the idempotency {script.name} script: "
                 f"{exc!r}"
             ) from exc
+
+    async def _bounded(
+        self, what: str, send: Callable[[], Awaitable[Any]], *, limited: bool = True
+    ) -> Any:
+        """Await ``send()`` on this store's loop, within the call timeout (waiting for a
+        connection included), holding one of the store's connection slots when ``limited``;
+        Redis' failures become StoreUnavailableError."""
+        self._usable()
+        try:
+            async with asyncio.timeout(self._call_timeout):
+                if limited and self._calls is not None:
+                    async with self._calls:
+                        return await send()
+                return await send()
+        except TimeoutError as exc:
+            # The abandoned command's connection is closed by redis-py, never reused.
+            raise StoreUnavailableError(
+                f"Redis did not answer {what} within {self._call_timeout:g} s"
+            ) from exc
+        except (RedisError, RedisClusterException, OSError) as exc:
+            raise StoreUnavailableError(f"Redis failed to run {what}: {exc}") from exc
 
     async def _per_slot(
         self, keys: Sequence[str], run: Callable[[list[int]], Awaitable[list[T]]]
@@ -211,11 +274,15 @@ class RedisStore(StoreBase):
         self, requests: Sequence[ClaimRequest], *, owner: str, lease_seconds: float
     ) -> list[ClaimResult]:
         """Claim every key, one script per slot (see ``IdempotencyStore.claim_many``)."""
+        lease = _ms(_limits.lease(lease_seconds))
         if not requests:
             return []
+        if not self._eviction.passed:
+            self._usable()
+            await self._eviction.before_claim()
         keys = [request.key for request in requests]
         fences = [fence_key(key, cluster=self._cluster) for key in keys]
-        lease = _ms(lease_seconds)
+        who = _utf8(owner)
 
         async def run(group: list[int]) -> list[ClaimResult]:
             counters: dict[str, int] = {}
@@ -226,13 +293,13 @@ class RedisStore(StoreBase):
                 CLAIM,
                 [*group_keys, *counters],
                 [
-                    owner,
+                    who,
                     lease,
-                    _joined(positions) if len(counters) > 1 else "",
-                    *(requests[i].fingerprint for i in group),
+                    _joined(positions) if len(counters) > 1 else b"",
+                    *(_utf8(requests[i].fingerprint) for i in group),
                 ],
             )
-            return _claim_results(group_keys, reply)
+            return claim_results(group_keys, reply)
 
         placed, failures = await self._per_slot(keys, run)
         if failures:
@@ -253,11 +320,11 @@ class RedisStore(StoreBase):
         self, completions: Sequence[Completion], *, retention_seconds: float
     ) -> list[bool]:
         """Complete claims still ours (see ``IdempotencyStore.complete_many``)."""
+        retention = _ms(_limits.retention(retention_seconds))
         for completion in completions:
             check_result_size(
                 completion.result, max_bytes=self._max_result_bytes, key=completion.key
             )
-        retention = _ms(retention_seconds)
 
         async def run(group: list[int]) -> list[bool]:
             reply = await self._eval(
@@ -269,7 +336,7 @@ class RedisStore(StoreBase):
                     *(completions[i].result for i in group),
                 ],
             )
-            return _flags(reply)
+            return flags(reply)
 
         return await self._held_call([c.key for c in completions], run)
 
@@ -280,13 +347,19 @@ class RedisStore(StoreBase):
             reply = await self._eval(
                 RELEASE, [held[i].key for i in group], [_joined(held[i].token for i in group)]
             )
-            return _flags(reply)
+            return flags(reply)
 
         return await self._held_call([item.key for item in held], run)
 
+    def release_blocking(self, held: Sequence[Held], *, timeout_seconds: float) -> int:
+        """Release claims still ours without the event loop (the watchdog's last resort)."""
+        if isinstance(self._client, RedisCluster):
+            return 0  # per-slot scripts need the cluster client's routing: left to the lease
+        return release_blocking(self._client, held, timeout_seconds=timeout_seconds)
+
     async def renew_many(self, held: Sequence[Held], *, lease_seconds: float) -> list[bool]:
         """Extend leases still ours (see ``IdempotencyStore.renew_many``)."""
-        lease = _ms(lease_seconds)
+        lease = _ms(_limits.lease(lease_seconds))
 
         async def run(group: list[int]) -> list[bool]:
             reply = await self._eval(
@@ -294,7 +367,7 @@ class RedisStore(StoreBase):
                 [held[i].key for i in group],
                 [lease, _joined(held[i].token for i in group)],
             )
-            return _flags(reply)
+            return flags(reply)
 
         return await self._held_call([item.key for item in held], run)
 

@@ -22,6 +22,13 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ..errors import ConfigurationError, IdempotencyKeyError
+from ._limits import (
+    MAX_LEASE_SECONDS,
+    MAX_RESULT_BYTES_LIMIT,
+    MAX_RETENTION_SECONDS,
+    MIN_LEASE_SECONDS,
+    MIN_RETENTION_SECONDS,
+)
 from .keys import MAX_PREFIX_LENGTH, scoped_key
 from .serialization import DEFAULT_MAX_RESULT_BYTES
 
@@ -75,21 +82,35 @@ class IdempotencySettings(BaseSettings):
     key_prefix: str = Field(default="fargate-runtime", min_length=1, max_length=MAX_PREFIX_LENGTH)
     # In progress: long enough for a typical handler; the heartbeat renews longer ones. A crashed
     # worker's keys come back after at most this long.
-    lease_seconds: float = Field(default=30.0, gt=0.0, le=43200.0)
-    retention_seconds: float = Field(default=24 * 3600.0, gt=0.0)
-    max_result_bytes: int = Field(default=DEFAULT_MAX_RESULT_BYTES, gt=0, le=64 * 1024 * 1024)
+    lease_seconds: float = Field(
+        default=30.0, ge=MIN_LEASE_SECONDS, le=MAX_LEASE_SECONDS, allow_inf_nan=False
+    )
+    retention_seconds: float = Field(
+        default=24 * 3600.0,
+        ge=MIN_RETENTION_SECONDS,
+        le=MAX_RETENTION_SECONDS,
+        allow_inf_nan=False,
+    )
+    max_result_bytes: int = Field(default=DEFAULT_MAX_RESULT_BYTES, gt=0, le=MAX_RESULT_BYTES_LIMIT)
     failure_policy: FailurePolicy = FailurePolicy.CLOSED
     # A claim is sub-millisecond on a healthy Redis; a second is an outage, not a slow reply.
-    socket_timeout_seconds: float = Field(default=1.0, gt=0.0, le=60.0)
-    socket_connect_timeout_seconds: float = Field(default=1.0, gt=0.0, le=60.0)
-    # One store call (a whole batch), reconnects and retries included; then it fails closed.
-    # Inside the shutdown's release phase (2 s by default) with room to spare.
-    call_timeout_seconds: float = Field(default=1.5, gt=0.0, le=120.0)
+    socket_timeout_seconds: float = Field(default=1.0, gt=0.0, le=60.0, allow_inf_nan=False)
+    socket_connect_timeout_seconds: float = Field(default=1.0, gt=0.0, le=60.0, allow_inf_nan=False)
+    # One store call (a whole batch), waiting for a connection, reconnects and retries included;
+    # then it fails closed. Inside the shutdown's release phase (2 s by default) with room.
+    call_timeout_seconds: float = Field(default=1.5, gt=0.0, le=120.0, allow_inf_nan=False)
     # Retries (on connection errors and timeouts only) ride over a failover or a stale pooled
     # connection; more would only delay the fail-closed answer the caller has to handle anyway.
     retries: int = Field(default=2, ge=0, le=10)
     # Bound on releasing a claim after the handler failed; the shutdown's release phase is ~2 s.
-    release_timeout_seconds: float = Field(default=2.0, gt=0.0, le=60.0)
+    release_timeout_seconds: float = Field(default=2.0, gt=0.0, le=60.0, allow_inf_nan=False)
+    # The client's connection pool (a blocking one: beyond it, calls wait their turn). The
+    # store's scripts take at most half; the rest stays for the readiness probe and your own.
+    # Not for a cluster client, which keeps redis-py's pool per node.
+    max_connections: int = Field(default=32, ge=2, le=10_000)
+    # Start even though Redis' maxmemory-policy may evict records (anything but noeviction),
+    # or cannot be read: completed work whose record is evicted runs again.
+    accept_eviction_risk: bool = False
 
     store: StoreKind = StoreKind.REDIS
     # postgresql://user:password@host:5432/dbname (TLS: ?sslmode=require); else DATABASE_URL.

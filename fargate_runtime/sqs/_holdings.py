@@ -102,9 +102,21 @@ class Holdings:
     def __len__(self) -> int:
         return len(self._held)
 
+    def __bool__(self) -> bool:
+        return bool(self._held)
+
     def items(self) -> list[InFlight]:
         """Everything held, in receive order."""
         return list(self._held.values())
+
+    def snapshot(self) -> list[InFlight]:
+        """``items()`` from another thread: retried if the loop changes the dict meanwhile."""
+        for _ in range(100):
+            try:
+                return list(self._held.values())
+            except RuntimeError:  # dictionary changed size during iteration
+                continue
+        return []
 
     def accept(self, raw: list[MessageTypeDef], sent_at: float) -> list[InFlight]:
         """Track what a receive brought; return the messages not already held."""
@@ -182,16 +194,30 @@ class Holdings:
         self.metrics.released.add(len(items), self.metrics.attributes)
 
     async def settle_leftovers(self) -> None:
-        """At the very end: delete what finished, release everything else at once."""
+        """At the very end: delete what finished, release everything else at once.
+
+        A message whose handler may still run (it ignored its cancellation, or its work goes
+        on in a thread) stays held: handing it back now would let another worker run it at the
+        same time. The final release gives it back once the process is about to end.
+        """
         release: list[InFlight] = []
+        kept: list[InFlight] = []
         for item in self.items():
-            if item.state is MessageState.SETTLING and _completed(item):
+            if item.completed:
                 self.delete(item)
+            elif item.may_still_run:
+                kept.append(item)
             else:
                 release.append(item)
         if release:
             logger.warning("releasing unfinished messages", extra={"count": len(release)})
             await self.release_on_shutdown(release)
+        for item in kept:
+            self.heartbeat.forget(item)
+            logger.error(
+                "handler still running after its cancellation; message held until the process ends",
+                extra={"message_id": item.message_id, "in_thread": item.work.threads_running},
+            )
 
     async def flush(self) -> None:
         """Send every queued delete and visibility change and wait for their outcomes."""
@@ -200,11 +226,3 @@ class Holdings:
     def _forget(self, item: InFlight) -> None:
         if self._held.pop(item.message_id, None) is not None:
             self.slots.give(1)
-
-
-def _completed(item: InFlight) -> bool:
-    """The handler succeeded and, with idempotency, its completion is on record."""
-    if item.held is None:
-        return True
-    future = item.completion
-    return future is not None and future.done() and not future.cancelled() and future.result()

@@ -7,6 +7,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .._work import Work
+
 if TYPE_CHECKING:
     import asyncio
 
@@ -44,6 +46,9 @@ class InFlight:
     capped: bool = False
     # Set while the claim's completion is on its way to the store.
     completion: asyncio.Future[bool] | None = field(default=None, repr=False)
+    # The task running its handler, and the executor jobs (to_thread) the handler started.
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+    work: Work = field(default_factory=Work, repr=False)
 
     @classmethod
     def received(cls, message: Message, *, sent_at: float, visibility_seconds: int) -> InFlight:
@@ -60,3 +65,22 @@ class InFlight:
     def message_id(self) -> str:
         """The SQS message id."""
         return self.message.message_id
+
+    @property
+    def completed(self) -> bool:
+        """Its handler succeeded and, with idempotency, its completion is on record."""
+        if self.state is not MessageState.SETTLING:
+            return False
+        if self.held is None:
+            return True
+        future = self.completion
+        return future is not None and future.done() and not future.cancelled() and future.result()
+
+    @property
+    def may_still_run(self) -> bool:
+        """Its handler was started and has not stopped: a task that ignored its cancellation,
+        or a thread (``to_thread``) that cancellation cannot stop. Not to be released yet."""
+        if self.state is not MessageState.RUNNING:
+            return False
+        task = self.task
+        return (task is not None and not task.done()) or self.work.threads_running

@@ -9,8 +9,16 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from .._work import Work, running
 from ..errors import IdempotencyKeyError, MalformedMessageError
-from ..idempotency import ClaimRequest, ClaimStatus, FailurePolicy, Held, PostgresStore
+from ..idempotency import (
+    ClaimRequest,
+    ClaimStatus,
+    FailurePolicy,
+    Held,
+    PostgresStore,
+    attempt_owner,
+)
 from ..logging import bind_log_context
 from ..telemetry import (
     IDEMPOTENCY_OUTCOME_ATTRIBUTE,
@@ -23,6 +31,9 @@ from .backoff import Retry, clamp_visibility
 from .context import BatchContext, MessageContext
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine
+    from typing import Any
+
     from ..lifecycle import Lifecycle
     from ._holdings import Holdings
     from .backoff import Backoff
@@ -54,8 +65,12 @@ class Runner:
         keys: MessageKeys | None,
         completer: Completer | None,
         backoff: Backoff,
+        spawn: Callable[[Coroutine[Any, Any, Any], str], asyncio.Task[Any]],
     ) -> None:
         self._holdings = holdings
+        self._spawn = spawn
+        # A handler raised SystemExit or KeyboardInterrupt: the consumer drains, then raises it.
+        self.stop_error: BaseException | None = None
         self._stats = holdings.stats
         self._settings = holdings.settings
         self._lifecycle = lifecycle
@@ -87,11 +102,14 @@ class Runner:
             groups: dict[str | None, list[InFlight]] = {}
             for item in items:
                 groups.setdefault(item.message.group_id, []).append(item)
-            await asyncio.gather(*(self._run_group(group) for group in groups.values()))
+            for group in groups.values():
+                self._spawn(self._run_group(group), "sqs-group")
         else:
-            await asyncio.gather(
-                *(self._run_one(item) for item in items if item.state is MessageState.RECEIVED)
-            )
+            # One task per message (not a gather): each is cancelled on its own, through the
+            # lifecycle, so a handler's own cleanup scope holds off the cancel.
+            for item in items:
+                if item.state is MessageState.RECEIVED:
+                    self._spawn(self._run_one(item), "sqs-handler")
 
     async def _claim(self, keys: MessageKeys, items: list[InFlight]) -> None:
         """One round trip claims the batch; what may not run is settled here."""
@@ -113,7 +131,8 @@ class Runner:
         try:
             results = await idempotency.store.claim_many(
                 [request for _, request in keyed],
-                owner=idempotency.owner,
+                # This receive's own attempt: a redelivery (another receive) never passes as it.
+                owner=attempt_owner(idempotency.owner),
                 lease_seconds=self._settings.visibility_timeout_seconds,
             )
         except Exception as exc:  # noqa: BLE001 - any store failure is logged and handled
@@ -217,11 +236,11 @@ class Runner:
 
     def _context(self, item: InFlight) -> MessageContext:
         held = item.held
-        work = None
+        recovery = None
         if held is not None and self._keys is not None:
             idempotency = self._keys.idempotency
             if isinstance(idempotency.store, PostgresStore):
-                work = idempotency.store.work(
+                recovery = idempotency.store.transactional(
                     held,
                     retention_seconds=idempotency.retention_seconds,
                     on_completed=lambda: _completed_in_transaction(item),
@@ -231,7 +250,7 @@ class Runner:
             message_id=item.message_id,
             idempotency_key=item.key,
             fencing_token=held.token if held is not None else None,
-            work=work,
+            recovery=recovery,
         )
 
     async def _run_one(self, item: InFlight) -> bool:
@@ -240,6 +259,7 @@ class Runner:
             return False
         assert self._handler is not None  # noqa: S101 - single-message mode
         item.state = MessageState.RUNNING
+        item.task = asyncio.current_task()
         self._stats.started += 1
         self._started(1)
         delay: float | None = None
@@ -248,12 +268,15 @@ class Runner:
         try:
             with (
                 bind_log_context(message_id=item.message_id, idempotency_key=item.key),
+                running(item.work),
                 self._span(item, self._run_outcome(item)),
             ):
                 await self._handler(message, self._context(item))
         except Retry as signal:
             outcome, delay = _Outcome.RETRY, signal.delay_seconds
-        except Exception as exc:  # noqa: BLE001 - a handler's failure is logged and retried
+        except BaseException as exc:
+            if _being_cancelled(exc):
+                raise
             outcome = _Outcome.FAILED
             self._log_failure(item, exc)
         else:
@@ -270,8 +293,12 @@ class Runner:
         if not items:
             return
         assert self._batch_handler is not None  # noqa: S101 - batch mode
+        task = asyncio.current_task()
+        work = Work()  # one handler call for the batch: its threads belong to every message
         for item in items:
             item.state = MessageState.RUNNING
+            item.task = task
+            item.work = work
         self._stats.started += len(items)
         context = BatchContext(
             self._lifecycle, contexts={item.message_id: self._context(item) for item in items}
@@ -279,13 +306,17 @@ class Runner:
         self._started(len(items))
         began = time.perf_counter()
         try:
-            await self._batch_handler([item.message for item in items], context)
+            with running(work):
+                await self._batch_handler([item.message for item in items], context)
         except Retry as signal:
             failures: dict[str, float | None] = dict.fromkeys(
                 (item.message_id for item in items), signal.delay_seconds
             )
-        except Exception as exc:
+        except BaseException as exc:
+            if _being_cancelled(exc):
+                raise
             logger.error("batch handler failed", exc_info=exc, extra={"count": len(items)})
+            self._stop_on(exc)
             failures = dict.fromkeys(item.message_id for item in items)
         else:
             failures = context.failures
@@ -343,7 +374,7 @@ class Runner:
         metrics.in_flight.add(-count, metrics.attributes)
         metrics.handler_duration.record(time.perf_counter() - began, metrics.attributes)
 
-    def _log_failure(self, item: InFlight, exc: Exception) -> None:
+    def _log_failure(self, item: InFlight, exc: BaseException) -> None:
         extra = {"message_id": item.message_id, "receive_count": item.message.receive_count}
         if isinstance(exc, MalformedMessageError):
             self._stats.malformed += 1
@@ -353,6 +384,13 @@ class Runner:
             )
         else:
             logger.error("handler failed", exc_info=exc, extra=extra)
+        self._stop_on(exc)
+
+    def _stop_on(self, exc: BaseException) -> None:
+        """A handler raised SystemExit/KeyboardInterrupt: drain and stop the process (exit 1)."""
+        if isinstance(exc, (SystemExit, KeyboardInterrupt)) and self.stop_error is None:
+            self.stop_error = exc
+            self._lifecycle.request_shutdown(f"a handler raised {type(exc).__name__}")
 
     async def _succeed(self, item: InFlight) -> bool:
         """Stop the heartbeat, record the completion, then delete."""
@@ -399,6 +437,18 @@ def _completed_in_transaction(item: InFlight) -> None:
     done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
     done.set_result(True)
     item.completion = done
+
+
+def _being_cancelled(exc: BaseException) -> bool:
+    """True for the CancelledError of a cancel someone asked for (the drain deadline).
+
+    A handler that raises CancelledError (or GeneratorExit) itself, with nobody cancelling its
+    task, has failed like any other: the message is released with back-off, its slot freed.
+    """
+    if not isinstance(exc, asyncio.CancelledError):
+        return False
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _trace_attributes(message: Message) -> dict[str, dict[str, str]]:

@@ -92,6 +92,7 @@ class _BatchBuffer:
         self._pending: list[_Entry] = []
         self._timer: asyncio.TimerHandle | None = None
         self._sending: set[asyncio.Task[None]] = set()
+        self._in_flight: dict[asyncio.Task[None], list[_Entry]] = {}
         self.counters = AckCounters()
 
     def __len__(self) -> int:
@@ -124,7 +125,19 @@ class _BatchBuffer:
     def _start(self, batch: list[_Entry]) -> None:
         task = asyncio.create_task(self._send(batch), name=f"sqs-{self.operation}")
         self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
+        self._in_flight[task] = batch
+        task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._sending.discard(task)
+        self._in_flight.pop(task, None)
+
+    def unsent(self) -> list[tuple[str, str]]:
+        """(message id, receipt handle) of entries not yet settled; readable from any thread."""
+        entries = list(self._pending)
+        for batch in list(self._in_flight.values()):
+            entries.extend(batch)
+        return [(e.message_id, e.receipt_handle) for e in entries if not e.future.done()]
 
     async def flush(self) -> None:
         """Send everything waiting now and wait until every entry (and its retries) has ended."""

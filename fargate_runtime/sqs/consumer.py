@@ -30,9 +30,10 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, ConsumerError
 from ..telemetry import metrics_enabled
 from ._backlog import BacklogSampler
+from ._final_release import FinalRelease
 from ._holdings import ConsumerStats, Holdings
 from ._inflight import MessageState
 from ._receiver import Receiver
@@ -41,6 +42,9 @@ from .backoff import Backoff
 from .claims import Completer, MessageKeys, body_fingerprint
 
 if TYPE_CHECKING:
+    from collections.abc import Coroutine
+    from typing import Any
+
     from types_aiobotocore_sqs import SQSClient
     from types_aiobotocore_sqs.type_defs import MessageTypeDef
 
@@ -115,8 +119,9 @@ class Consumer:
             base_seconds=settings.backoff_base_seconds, cap_seconds=settings.backoff_cap_seconds
         )
         store = idempotency.store if idempotency is not None else None
+        self._store = store
         self._holdings = Holdings(client, settings=settings, store=store)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._runner: Runner | None = None
         self._receiver: Receiver | None = None
         self._completer: Completer | None = None
@@ -179,7 +184,12 @@ class Consumer:
             keys=self._keys,
             completer=self._completer,
             backoff=self._backoff,
+            spawn=self._spawn,
         )
+        self._lifecycle = lifecycle
+        # Whatever the loop does later (blocked, stopped), what is still held goes back then.
+        final = FinalRelease(self._holdings, client=self._client, store=self._store)
+        remove_final_release = lifecycle.add_final_release(final, prepare=final.prepare)
         receiver = self._receiver = Receiver(
             self._client,
             settings=settings,
@@ -220,7 +230,12 @@ class Consumer:
             # deadline; shielded and bounded by the release deadline either way.
             with lifecycle.cleanup_scope():
                 await self._close(loops, heartbeat)
+            if not self._holdings:
+                remove_final_release()
             logger.info("sqs consumer stopped", extra=self.stats.as_dict())
+        if self._runner.stop_error is not None:
+            error = self._runner.stop_error
+            raise ConsumerError(f"a handler raised {type(error).__name__}: {error}") from error
 
     async def _until_shutdown(
         self, lifecycle: Lifecycle, loops: dict[int, asyncio.Task[None]]
@@ -288,7 +303,8 @@ class Consumer:
         self._abandon(loops)
         tasks = {*loops.values(), *self._tasks}
         for task in self._tasks:
-            task.cancel()
+            # Through the lifecycle: a handler inside its own cleanup scope finishes it first.
+            self._lifecycle.cancel_task(task)
         if self._backlog is not None:
             self._backlog.cancel()
             tasks.add(self._backlog)
@@ -304,6 +320,11 @@ class Consumer:
         """Track what a receive brought and start a batch task for it."""
         fresh = self._holdings.accept(raw, sent_at)
         if fresh and self._runner is not None:
-            task = asyncio.create_task(self._runner.process(fresh), name="sqs-batch")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._runner.process(fresh), "sqs-batch")
+
+    def _spawn(self, work: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Start one of the consumer's tasks (batches, handlers); drained and cancelled as one."""
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task

@@ -58,14 +58,14 @@ class MessageContext(_Deadline):
     only the downstream check stops that zombie from acting twice (DESIGN.md section 4).
 
     With the PostgreSQL store, write through ``transaction()`` instead: the writes commit with
-    the message's completion record, so they happen exactly once (``work`` adds recovery
-    points for effects in several steps)::
+    the message's completion record, so they happen exactly once (``recovery`` adds
+    recovery points for effects in several steps)::
 
         async with context.transaction() as tx:
             await tx.execute("INSERT INTO charges (event_id, amount) VALUES ($1, $2)", ...)
     """
 
-    __slots__ = ("fencing_token", "idempotency_key", "logger", "message_id", "work")
+    __slots__ = ("fencing_token", "idempotency_key", "logger", "message_id", "recovery")
 
     def __init__(
         self,
@@ -75,7 +75,7 @@ class MessageContext(_Deadline):
         idempotency_key: str | None,
         fencing_token: int | None,
         logger: logging.Logger = _handler_logger,
-        work: TransactionalClaim | None = None,
+        recovery: TransactionalClaim | None = None,
     ) -> None:
         super().__init__(lifecycle)
         self.message_id = message_id
@@ -84,8 +84,9 @@ class MessageContext(_Deadline):
         self.fencing_token = fencing_token
         # Log lines written while the handler runs carry message_id and idempotency_key.
         self.logger = logger
-        # Transactions of this message's claim (PostgreSQL store only; None otherwise).
-        self.work = work
+        # Transactions and recovery points of this message's claim (PostgreSQL store only;
+        # None otherwise). Not ``work``: that names the executor attribution of the consumer.
+        self.recovery = recovery
 
     def transaction(
         self, *, isolation: str | None = None
@@ -95,12 +96,12 @@ class MessageContext(_Deadline):
         Its writes and the record land together or not at all; a claim lost meanwhile raises
         LeaseLostError and rolls them back. Needs the PostgreSQL store.
         """
-        if self.work is None:
+        if self.recovery is None:
             raise ConfigurationError(
                 "context.transaction() needs the consumer's idempotency on the PostgreSQL store "
                 "(FARGATE_RUNTIME_IDEMPOTENCY_STORE=postgres) and a claimed message"
             )
-        return self.work.transaction(isolation=isolation)
+        return self.recovery.transaction(isolation=isolation)
 
 
 class BatchContext(_Deadline):

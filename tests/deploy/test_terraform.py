@@ -266,6 +266,16 @@ def test_execution_role_is_separate_and_narrow(config: Config) -> None:
     assert not any("sqs:" in action for s in statements for action in s["actions"])
 
 
+def test_elasticache_parameter_group_never_evicts(config: Config) -> None:
+    """The starter's ElastiCache parameter group sets noeviction (idempotency records carry
+    TTLs, which ElastiCache's default volatile-lru evicts first), and its name is an output."""
+    group = config.resource("aws_elasticache_parameter_group", "idempotency")
+    assert group["parameter"] == [{"name": "maxmemory-policy", "value": "noeviction"}]
+    assert config.resolve(group["family"]) == "redis7"
+    outputs = {name for block in config.blocks["output"] for name in block}
+    assert "elasticache_parameter_group_name" in outputs
+
+
 @pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform is not installed")
 def test_terraform_fmt() -> None:
     """`terraform fmt -check` (offline, unlike validate) finds nothing to reformat."""

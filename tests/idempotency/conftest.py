@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pytest
+import redis.asyncio
 
 from fargate_runtime.idempotency import (
     ManualClock,
@@ -24,9 +25,7 @@ from fargate_runtime.idempotency import (
 from tests.idempotency.postgres import wait_until_forgotten
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
-
-    import redis.asyncio
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
     from fargate_runtime.idempotency import ClaimRequest, ClaimResult, Completion, Held
 
@@ -64,9 +63,25 @@ async def wait_until_gone(client: redis.asyncio.Redis, key: str) -> None:
             await asyncio.sleep(0.01)
 
 
-@pytest.fixture(params=["memory", "redis", "postgres"])
+@pytest.fixture
+async def decoding_redis_client(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
+    """A client that decodes replies as latin-1 text: the store must not care (keys cleaned up
+    by ``redis_client``)."""
+    client = redis.asyncio.Redis.from_url(redis_url, decode_responses=True, encoding="latin-1")
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+# Each store joins the conformance suite with one entry here (and its branch below).
+STORES = ["memory", "redis", "redis-decoding", "postgres"]
+
+
+@pytest.fixture(params=STORES)
 def harness(request: pytest.FixtureRequest, redis_prefix: str) -> Harness:
-    """The conformance harness over the in-memory store, a real Redis and a real PostgreSQL."""
+    """The conformance harness over each store: in memory, a real Redis, a real Redis through a
+    client made with ``decode_responses=True`` and ``encoding="latin-1"``, and a real PostgreSQL."""
     if request.param == "postgres":
         store: PostgresStore = request.getfixturevalue("postgres_store")
 
@@ -86,6 +101,9 @@ def harness(request: pytest.FixtureRequest, redis_prefix: str) -> Harness:
     async def gone(key: str) -> None:
         await wait_until_gone(client, key)
 
+    if request.param == "redis-decoding":
+        decoding = request.getfixturevalue("decoding_redis_client")
+        return Harness("redis-decoding", RedisStore(decoding), redis_prefix, gone)
     return Harness("redis", RedisStore(client), redis_prefix, gone)
 
 

@@ -27,13 +27,13 @@ async def main(url: str, schema: str, key: str, mode: str) -> None:
         result = await store.claim(key, "fp", owner="crashing-worker", lease_seconds=1.0)
         assert result.status is ClaimStatus.ACQUIRED
         assert result.token is not None
-        work = store.work(Held(key, result.token), retention_seconds=3600)
+        recovery = store.transactional(Held(key, result.token), retention_seconds=3600)
         if mode == "after-step":
-            async with work.step("charged") as tx:
+            async with recovery.step("charged") as tx:
                 await tx.execute(f"INSERT INTO {schema}.charges VALUES ($1, 1)", key)
             _say("stepped", result.token)
             await asyncio.to_thread(sys.stdin.readline)  # the test SIGKILLs us here
-        async with work.transaction() as tx:
+        async with recovery.transaction() as tx:
             await tx.execute(f"INSERT INTO {schema}.charges VALUES ($1, 1)", key)
             if mode == "before-commit":
                 _say("written", result.token)

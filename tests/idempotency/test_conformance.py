@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from fargate_runtime.errors import ConfigurationError
 from fargate_runtime.idempotency import (
     ClaimRequest,
     ClaimStatus,
@@ -61,14 +62,16 @@ async def test_second_claim_sees_in_progress(harness: Harness) -> None:
     assert again.token is None
 
 
-async def test_different_fingerprint_is_a_mismatch(harness: Harness) -> None:
-    """The same key with another payload fingerprint is a mismatch, in progress or completed."""
+@pytest.mark.parametrize("owner", ["b", "owner-a"], ids=["another-owner", "its-own-owner"])
+async def test_different_fingerprint_is_a_mismatch(harness: Harness, owner: str) -> None:
+    """The same key with another payload fingerprint is a mismatch, in progress or completed,
+    also for the owner holding it (recognising one's own claim never skips the payload check)."""
     key = harness.key("a")
     token = await acquire(harness.store, key)
-    in_progress = await harness.store.claim(key, "other", owner="b", lease_seconds=LEASE)
+    in_progress = await harness.store.claim(key, "other", owner=owner, lease_seconds=LEASE)
     assert in_progress.status is ClaimStatus.MISMATCH
     await harness.store.complete(key, token, b"1", retention_seconds=RETENTION)
-    completed = await harness.store.claim(key, "other", owner="b", lease_seconds=LEASE)
+    completed = await harness.store.claim(key, "other", owner=owner, lease_seconds=LEASE)
     assert completed.status is ClaimStatus.MISMATCH
 
 
@@ -317,3 +320,74 @@ async def test_scopes_are_isolated(harness: Harness) -> None:
     b = harness.key("same", scope="tenant-b")
     await acquire(harness.store, a)
     await acquire(harness.store, b)
+
+
+async def test_a_retried_claim_recognises_its_own_record(harness: Harness) -> None:
+    """The same owner claiming again (a retry after a lost reply) gets its claim and token back;
+    any other owner still sees it in progress."""
+    key = harness.key("lost-reply")
+    first = await harness.store.claim(key, "fp", owner="attempt-1", lease_seconds=LEASE)
+    retry = await harness.store.claim(key, "fp", owner="attempt-1", lease_seconds=LEASE)
+    other = await harness.store.claim(key, "fp", owner="attempt-2", lease_seconds=LEASE)
+    assert first.status is retry.status is ClaimStatus.ACQUIRED
+    assert retry.token == first.token
+    assert other.status is ClaimStatus.IN_PROGRESS
+    assert await harness.store.complete(key, retry.token or 0, b"done", retention_seconds=RETENTION)
+
+
+async def test_a_completed_record_replays_to_its_own_owner_too(harness: Harness) -> None:
+    """Once completed, the record replays even to the owner that claimed it: never re-acquired."""
+    key = harness.key("own")
+    token = await acquire(harness.store, key)
+    await harness.store.complete(key, token, b"r", retention_seconds=RETENTION)
+    replay = await harness.store.claim(key, "fp", owner="owner-a", lease_seconds=LEASE)
+    assert replay.status is ClaimStatus.COMPLETED
+    assert replay.result == b"r"
+
+
+async def test_a_retried_batch_still_claims_a_repeated_key_once(harness: Harness) -> None:
+    """A key twice in one batch: acquired once on the first try and once again on the retry."""
+    key = harness.key("twice")
+    batch = [ClaimRequest(key, "fp"), ClaimRequest(key, "fp")]
+    first = await harness.store.claim_many(batch, owner="receive-1", lease_seconds=LEASE)
+    retry = await harness.store.claim_many(batch, owner="receive-1", lease_seconds=LEASE)
+    for results in (first, retry):
+        assert [result.status for result in results] == [
+            ClaimStatus.ACQUIRED,
+            ClaimStatus.IN_PROGRESS,
+        ]
+    assert retry[0].token == first[0].token
+
+
+async def test_an_expired_own_claim_is_claimed_anew(harness: Harness) -> None:
+    """Once its lease ran out, the same owner gets a new claim with a higher token."""
+    key = harness.key("expired")
+    old = await acquire(harness.store, key, lease=SHORT_LEASE_SECONDS)
+    await harness.expire(key)
+    assert await acquire(harness.store, key) > old
+
+
+@pytest.mark.parametrize("seconds", [0.0, -5.0, 0.01, float("inf"), float("nan"), 86400.0])
+async def test_leases_out_of_bounds_are_refused_before_anything_is_written(
+    harness: Harness, seconds: float
+) -> None:
+    """A zero, negative, tiny, infinite or NaN lease (or one past 12 h) is a ConfigurationError
+    naming the parameter, and nothing is claimed."""
+    key = harness.key("bounds")
+    with pytest.raises(ConfigurationError, match="lease_seconds"):
+        await harness.store.claim(key, "fp", owner="o", lease_seconds=seconds)
+    with pytest.raises(ConfigurationError, match="lease_seconds"):
+        await harness.store.renew(key, 1, lease_seconds=seconds)
+    assert (await acquire(harness.store, key)) > 0  # the key was never claimed
+
+
+@pytest.mark.parametrize("seconds", [0.0, -1.0, float("inf"), 10.0**12])
+async def test_retentions_out_of_bounds_are_refused_and_the_claim_stays_held(
+    harness: Harness, seconds: float
+) -> None:
+    """An impossible retention is refused before writing: the claim is still ours to finish."""
+    key = harness.key("retention")
+    token = await acquire(harness.store, key)
+    with pytest.raises(ConfigurationError, match="retention_seconds"):
+        await harness.store.complete(key, token, b"r", retention_seconds=seconds)
+    assert await harness.store.complete(key, token, b"r", retention_seconds=RETENTION)

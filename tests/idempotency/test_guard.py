@@ -18,7 +18,6 @@ from fargate_runtime.idempotency import (
     LeaseLostError,
     MemoryStore,
     PayloadMismatchError,
-    ResultTooLargeError,
     StoreUnavailableError,
     current_claim,
 )
@@ -196,15 +195,6 @@ async def test_lease_lost_before_completion_raises_and_keeps_the_new_owner(
     async with other.guard("charges", "evt-1") as replay:
         assert replay.replayed
         assert replay.result == "the new owner's"
-
-
-async def test_oversized_result_raises_and_releases(harness: Harness) -> None:
-    """A result over the limit raises ResultTooLargeError (never truncated) and frees the key."""
-    idem = guards(harness, max_result_bytes=100)
-    with pytest.raises(ResultTooLargeError, match="limit is 100"):
-        async with idem.guard("charges", "evt-1") as claim:
-            claim.set_result("x" * 200)
-    assert await is_free(idem, "charges", "evt-1")
 
 
 async def test_replayed_claim_refuses_a_new_result(harness: Harness) -> None:

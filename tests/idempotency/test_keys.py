@@ -7,22 +7,27 @@ import datetime
 import decimal
 import hashlib
 import importlib
+import os
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis.asyncio
 from pydantic import SecretStr
 
 import fargate_runtime.idempotency as idempotency
 from fargate_runtime.errors import ConfigurationError
 from fargate_runtime.idempotency import (
     FailurePolicy,
+    Idempotency,
     IdempotencyKeyError,
     IdempotencySettings,
     JsonSerializer,
     MemoryStore,
     RedisStore,
     ResultTooLargeError,
+    attempt_owner,
     encode_result,
     fingerprint,
     load_idempotency_settings,
@@ -141,21 +146,6 @@ def test_fingerprint_of_bytes_hashes_them_as_they_are() -> None:
     assert fingerprint(b'{"a":1}') == hashlib.sha256(b'{"a":1}').hexdigest()
 
 
-def test_json_serializer_round_trips() -> None:
-    """JSON results come back equal."""
-    serializer = JsonSerializer()
-    value = {"id": "ch_1", "amount": 5, "ok": True, "items": [1, None]}
-    assert serializer.loads(serializer.dumps(value)) == value
-
-
-def test_json_serializer_default_hook_is_used() -> None:
-    """The ``default`` hook converts what JSON cannot."""
-    serializer = JsonSerializer(default=str)
-    assert serializer.loads(serializer.dumps({"amount": decimal.Decimal("1.5")})) == {
-        "amount": "1.5"
-    }
-
-
 def test_encode_result_refuses_oversized_results() -> None:
     """Past the limit the error says the size and the limit; nothing is truncated."""
     with pytest.raises(ResultTooLargeError, match=r"12 bytes.*limit is 10"):
@@ -210,7 +200,8 @@ async def test_open_store_picks_the_backend_from_the_url() -> None:
     async with open_store(IdempotencySettings(redis_url=SecretStr("memory://"))) as memory:
         assert isinstance(memory, MemoryStore)
     settings = IdempotencySettings(redis_url=SecretStr("rediss://user:pw@cache.example:6380/0"))
-    async with open_store(settings) as store:
+    store = open_store(settings)  # not entered: that would connect (to check the policy)
+    try:
         assert isinstance(store, RedisStore)
         kwargs = store.client.connection_pool.connection_kwargs  # type: ignore[union-attr]
         assert kwargs["host"] == "cache.example"
@@ -218,6 +209,9 @@ async def test_open_store_picks_the_backend_from_the_url() -> None:
         assert kwargs["socket_connect_timeout"] == 1.0
         assert kwargs["socket_timeout"] is None  # the store bounds whole calls instead
         assert store.client.connection_pool.connection_class.__name__ == "SSLConnection"  # type: ignore[union-attr]
+        assert store.client.connection_pool.max_connections == 32  # type: ignore[union-attr]
+    finally:
+        await store.aclose()
 
 
 def test_public_namespace_is_curated() -> None:
@@ -235,3 +229,76 @@ def test_public_namespace_is_curated() -> None:
         for attribute in exported:
             assert hasattr(module, attribute), f"{name}.{attribute}"
             assert not attribute.startswith("_"), f"{name}.{attribute}"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("lease_seconds", "0"),
+        ("lease_seconds", "-5"),
+        ("lease_seconds", "inf"),
+        ("retention_seconds", "inf"),
+        ("retention_seconds", "nan"),
+        ("call_timeout_seconds", "inf"),
+        ("release_timeout_seconds", "0"),
+        ("max_connections", "1"),
+    ],
+)
+def test_settings_refuse_zero_negative_and_infinite_numbers(variable: str, value: str) -> None:
+    """Each numeric setting out of bounds is a ConfigurationError naming its variable."""
+    with pytest.raises(ConfigurationError, match=f"FARGATE_RUNTIME_IDEMPOTENCY_{variable.upper()}"):
+        load_idempotency_settings(**{variable: value})
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("lease_seconds", 0.0),
+        ("lease_seconds", -5.0),
+        ("retention_seconds", float("inf")),
+        ("max_result_bytes", 0),
+        ("release_timeout_seconds", float("nan")),
+    ],
+)
+def test_guards_refuse_numbers_out_of_bounds(option: str, value: float) -> None:
+    """``Idempotency`` checks its numbers when made, naming the parameter."""
+    options: dict[str, Any] = {option: value}
+    with pytest.raises(ConfigurationError, match=option):
+        Idempotency(MemoryStore(), prefix="svc", **options)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("call_timeout_seconds", float("inf")), ("max_concurrent_calls", -1), ("max_result_bytes", 0)],
+)
+async def test_redis_store_refuses_numbers_out_of_bounds(option: str, value: float) -> None:
+    """``RedisStore`` checks its numbers when made (the client is never used)."""
+    client = redis.asyncio.Redis()
+    options: dict[str, Any] = {option: value}
+    try:
+        with pytest.raises(ConfigurationError, match=option):
+            RedisStore(client, **options)
+    finally:
+        await client.aclose()
+
+
+def test_attempt_owners_are_unique_and_keep_their_base() -> None:
+    """Every attempt gets its own owner id, readable as where it ran."""
+    owners = {attempt_owner("task-1:42") for _ in range(1000)}
+    assert len(owners) == 1000
+    assert all(owner.startswith("task-1:42/") for owner in owners)
+
+
+def test_a_forked_child_draws_a_new_nonce() -> None:
+    """Two processes given the same base never make the same owner id (the nonce is redrawn)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its first owner id and leave at once
+        os.write(write, attempt_owner("same").encode())
+        os._exit(0)
+    os.close(write)
+    child_owner = os.read(read, 200).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    parent_owner = attempt_owner("same")
+    assert child_owner.split("/")[1].split(".")[0] != parent_owner.split("/")[1].split(".")[0]

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from typing import TYPE_CHECKING
+import contextlib
+from typing import TYPE_CHECKING, cast
 
 import pytest
+import redis
+import redis.asyncio
 from pydantic import SecretStr
 
 from fargate_runtime.idempotency import (
@@ -19,8 +22,6 @@ from fargate_runtime.idempotency import (
 from tests.idempotency.conftest import texts
 
 if TYPE_CHECKING:
-    import redis.asyncio
-
     from fargate_runtime.local import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -168,3 +169,92 @@ async def test_a_redis_that_never_answers_fails_closed_within_the_call_timeout()
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+class ReplyDropper:
+    """A loopback proxy to Redis that, once armed, cuts the connection right after Redis has
+    answered the next script call, so the reply never reaches the client: a lost reply."""
+
+    def __init__(self, port: int) -> None:
+        self._port = port
+        self.armed = False
+        self.dropped = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> int:
+        """Listen on a free loopback port; return it."""
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        """Stop listening and close every connection."""
+        for writer in self._writers:
+            writer.close()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _handle(
+        self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter
+    ) -> None:
+        server_in, server_out = await asyncio.open_connection("127.0.0.1", self._port)
+        self._writers += [client_out, server_out]
+        script_sent = asyncio.Event()
+
+        async def upstream() -> None:
+            while data := await client_in.read(65536):
+                if self.armed and b"EVAL" in data:
+                    script_sent.set()
+                server_out.write(data)
+                await server_out.drain()
+
+        async def downstream() -> None:
+            while data := await server_in.read(65536):
+                if script_sent.is_set():
+                    # Redis has run the script; its answer is dropped with the connection.
+                    self.armed = False
+                    client_out.close()
+                    server_out.close()
+                    self.dropped.set()
+                    return
+                client_out.write(data)
+                await client_out.drain()
+
+        with contextlib.suppress(ConnectionError):
+            await asyncio.gather(upstream(), downstream())
+
+
+async def test_a_claim_whose_reply_was_lost_is_recognised_on_retry(
+    private_redis: RedisServer,
+) -> None:
+    """The claim runs in Redis but its reply is lost with the connection; redis-py's retry
+    sends it again as the same attempt, which finds its own record and proceeds as acquired
+    (before owner ids per attempt, it found the key "in progress" and stranded it for the lease).
+    """
+    dropper = ReplyDropper(private_redis.port)
+    port = await dropper.start()
+    settings = IdempotencySettings(redis_url=SecretStr(f"redis://127.0.0.1:{port}"), retries=1)
+    admin = redis.Redis(port=private_redis.port)
+    try:
+        async with open_store(settings) as store:
+            idem = Idempotency(store, prefix="outage", owner="worker")
+            async with idem.guard("payments", "warm-up"):
+                pass  # the scripts are cached: the dropped reply is the claim's own
+            dropper.armed = True
+            async with idem.guard("payments", "p1") as claim:
+                assert dropper.dropped.is_set()
+                stored = cast("bytes | None", admin.get("outage:payments:p1"))
+                assert stored is not None
+                assert stored.startswith(f"p{claim.token}:".encode())  # the first try's record
+                claim.set_result("charged")
+            async with idem.guard("payments", "p1") as replay:
+                assert replay.replayed
+                assert replay.result == "charged"
+        stats = admin.info("commandstats")["cmdstat_evalsha"]
+        # By SHA (the warm-up's went by EVAL after NOSCRIPT): the claim and its retry, the
+        # completion, the replay's claim.
+        assert stats["calls"] - stats["failed_calls"] == 4
+    finally:
+        admin.close()
+        await dropper.close()

@@ -58,7 +58,7 @@ async def test_the_readme_handler_and_guard_write_once(
         message_id="m1",
         idempotency_key="evt_1",
         fencing_token=claim.token,
-        work=store.work(Held(key, claim.token), retention_seconds=60),
+        recovery=store.transactional(Held(key, claim.token), retention_seconds=60),
     )
     await example["handle"](message, context)
     again = await store.claim(key, "fp", owner="other", lease_seconds=30)

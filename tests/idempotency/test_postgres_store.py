@@ -228,7 +228,7 @@ async def test_a_worker_sigkilled_around_its_commit_leaves_both_or_neither(
     assert taken.status is ClaimStatus.ACQUIRED
     assert taken.token is not None
     assert taken.token > line["token"]
-    async with postgres_store.work(
+    async with postgres_store.transactional(
         Held(name, taken.token), retention_seconds=60
     ).transaction() as tx:
         await tx.execute(f"INSERT INTO {postgres_schema.name}.charges VALUES ($1, 1)", name)
@@ -253,9 +253,9 @@ async def test_a_worker_sigkilled_between_steps_is_resumed_after_its_last_step(
     taken = await postgres_store.claim(name, "fp", owner="next-worker", lease_seconds=LEASE)
     assert taken.token is not None
     assert taken.token > line["token"]
-    work = postgres_store.work(Held(name, taken.token), retention_seconds=60)
-    assert await work.recovery_point() == "charged"
-    async with work.transaction() as tx:  # the second step, which completes the key
+    recovery = postgres_store.transactional(Held(name, taken.token), retention_seconds=60)
+    assert await recovery.recovery_point() == "charged"
+    async with recovery.transaction() as tx:  # the second step, which completes the key
         await tx.execute(f"INSERT INTO {postgres_schema.name}.charges VALUES ($1, 2)", name)
     amounts = await postgres_schema.fetchval("SELECT string_agg(amount::text, ',') FROM charges")
     assert amounts == "1,2"

@@ -17,6 +17,7 @@ from fargate_runtime.idempotency import (
     PayloadMismatchError,
     PostgresStore,
     ResultTooLargeError,
+    TransactionalClaim,
     scoped_key,
 )
 from tests.idempotency.conftest import SHORT_LEASE_SECONDS
@@ -59,17 +60,22 @@ async def claim(store: PostgresStore, name: str, owner: str = "a", lease: float 
     return Held(key, result.token)
 
 
+def transactions(store: PostgresStore, held: Held) -> TransactionalClaim:
+    """The transactions of the claim ``held``, its record kept for the tests' retention."""
+    return store.transactional(held, retention_seconds=RETENTION)
+
+
 async def test_commit_lands_the_writes_and_the_completion_together(
     postgres_store: PostgresStore, charges: str
 ) -> None:
     """After COMMIT the write is visible and the key replays its result to everyone else."""
     held = await claim(postgres_store, "evt-1")
-    work = postgres_store.work(held, retention_seconds=RETENTION)
-    async with work.transaction() as tx:
+    recovery = transactions(postgres_store, held)
+    async with recovery.transaction() as tx:
         await tx.execute(f"INSERT INTO {charges} VALUES ('evt-1', 100)")
         tx.set_result(b"receipt-1")
         assert await charged(postgres_store, charges) == []  # not before the commit
-    assert work.completed
+    assert recovery.completed
     assert await charged(postgres_store, charges) == ["evt-1"]
     replay = await postgres_store.claim(held.key, "fp", owner="b", lease_seconds=LEASE)
     assert (replay.status, replay.token, replay.result) == (
@@ -84,16 +90,16 @@ async def test_an_error_rolls_back_the_writes_and_keeps_the_claim(
 ) -> None:
     """A handler that raises leaves no write behind and its claim still held (to release)."""
     held = await claim(postgres_store, "evt-2")
-    work = postgres_store.work(held, retention_seconds=RETENTION)
+    recovery = transactions(postgres_store, held)
 
     async def failing_handler() -> None:
-        async with work.transaction() as tx:
+        async with recovery.transaction() as tx:
             await tx.execute(f"INSERT INTO {charges} VALUES ('evt-2', 100)")
             _ = 1 / 0
 
     with pytest.raises(ZeroDivisionError):
         await failing_handler()
-    assert not work.completed
+    assert not recovery.completed
     assert await charged(postgres_store, charges) == []
     assert await postgres_store.release(held.key, held.token)
     assert (await claim(postgres_store, "evt-2", owner="b")).token > held.token
@@ -105,9 +111,9 @@ async def test_a_stale_owner_can_never_commit(postgres_store: PostgresStore, cha
     await wait_until_forgotten(postgres_store, stale.key)
     fresh = await claim(postgres_store, "evt-3", owner="b")
     with pytest.raises(LeaseLostError):
-        async with postgres_store.work(stale, retention_seconds=RETENTION).transaction() as tx:
+        async with transactions(postgres_store, stale).transaction() as tx:
             await tx.execute(f"INSERT INTO {charges} VALUES ('evt-3', 1)")
-    async with postgres_store.work(fresh, retention_seconds=RETENTION).transaction() as tx:
+    async with transactions(postgres_store, fresh).transaction() as tx:
         await tx.execute(f"INSERT INTO {charges} VALUES ('evt-3', 2)")
     pool = await postgres_store.transaction_pool()
     amounts = await pool.fetch(f"SELECT amount FROM {charges}")
@@ -121,7 +127,7 @@ async def test_a_lease_that_ran_out_refuses_the_commit_even_unclaimed(
     held = await claim(postgres_store, "evt-4", lease=SHORT_LEASE_SECONDS)
     await wait_until_forgotten(postgres_store, held.key)
     with pytest.raises(LeaseLostError):
-        async with postgres_store.work(held, retention_seconds=RETENTION).transaction() as tx:
+        async with transactions(postgres_store, held).transaction() as tx:
             await tx.execute(f"INSERT INTO {charges} VALUES ('evt-4', 1)")
     assert await charged(postgres_store, charges) == []
 
@@ -136,8 +142,8 @@ async def test_two_workers_racing_on_one_key_commit_once(
         result = await postgres_store.claim(key, "fp", owner=owner, lease_seconds=LEASE)
         if result.status is not ClaimStatus.ACQUIRED or result.token is None:
             return False
-        work = postgres_store.work(Held(key, result.token), retention_seconds=RETENTION)
-        async with work.transaction() as tx:
+        recovery = transactions(postgres_store, Held(key, result.token))
+        async with recovery.transaction() as tx:
             await tx.execute(f"INSERT INTO {charges} VALUES ('contended', 1)")
         return True
 
@@ -148,11 +154,11 @@ async def test_two_workers_racing_on_one_key_commit_once(
 
 async def test_a_transaction_completes_at_most_once(postgres_store: PostgresStore) -> None:
     """A second transaction() on a completed claim is refused before it opens."""
-    work = postgres_store.work(await claim(postgres_store, "once"), retention_seconds=RETENTION)
-    async with work.transaction():
+    recovery = transactions(postgres_store, await claim(postgres_store, "once"))
+    async with recovery.transaction():
         pass
     with pytest.raises(RuntimeError, match="already completed"):
-        async with work.transaction():
+        async with recovery.transaction():
             pass
 
 
@@ -163,7 +169,7 @@ async def test_an_oversized_result_rolls_back_and_keeps_the_claim(
     held = await claim(postgres_store, "big")
 
     async def handler() -> None:
-        async with postgres_store.work(held, retention_seconds=RETENTION).transaction() as tx:
+        async with transactions(postgres_store, held).transaction() as tx:
             await tx.execute(f"INSERT INTO {charges} VALUES ('big', 1)")
             tx.set_result(b"x" * (256 * 1024 + 1))
 
@@ -181,7 +187,7 @@ async def test_cancellation_mid_transaction_leaves_nothing_written(
     inside = asyncio.Event()
 
     async def handler() -> None:
-        async with postgres_store.work(held, retention_seconds=RETENTION).transaction() as tx:
+        async with transactions(postgres_store, held).transaction() as tx:
             await tx.execute(f"INSERT INTO {charges} VALUES ('cancelled', 1)")
             inside.set()
             await asyncio.Event().wait()  # until cancelled
@@ -200,16 +206,16 @@ async def test_recovery_points_commit_with_their_step_and_survive_a_release(
 ) -> None:
     """A step commits with its recovery point; the next claim of the key resumes after it."""
     first = await claim(postgres_store, "ride")
-    work = postgres_store.work(first, retention_seconds=RETENTION)
-    assert await work.steps() == ()
-    async with work.step("ride_created") as tx:
+    recovery = transactions(postgres_store, first)
+    assert await recovery.steps() == ()
+    async with recovery.step("ride_created") as tx:
         await tx.execute(f"INSERT INTO {charges} VALUES ('ride', 1)")
-    assert await work.recovery_point() == "ride_created"
+    assert await recovery.recovery_point() == "ride_created"
     # The worker fails between its steps: the claim is given back, the step stays.
     assert await postgres_store.release(first.key, first.token)
     second = await claim(postgres_store, "ride", owner="b")
     assert second.token > first.token
-    resumed = postgres_store.work(second, retention_seconds=RETENTION)
+    resumed = transactions(postgres_store, second)
     assert await resumed.steps() == ("ride_created",)
     with pytest.raises(RuntimeError, match="committed before"):
         async with resumed.step("ride_created") as tx:
@@ -225,13 +231,13 @@ async def test_recovery_points_survive_a_lease_that_ran_out(
     """A crashed worker (its lease simply ends) leaves its steps to the next claim; the stale
     owner can no longer record any."""
     crashed = await claim(postgres_store, "trip", lease=SHORT_LEASE_SECONDS)
-    async with postgres_store.work(crashed, retention_seconds=RETENTION).step("one"):
+    async with transactions(postgres_store, crashed).step("one"):
         pass
     await wait_until_forgotten(postgres_store, crashed.key)
     # The record outlives its lease (retention counts from the step): not forgotten, reclaimable.
     taken = await claim(postgres_store, "trip", owner="b")
-    assert await postgres_store.work(taken, retention_seconds=RETENTION).steps() == ("one",)
-    stale = postgres_store.work(crashed, retention_seconds=RETENTION)
+    assert await transactions(postgres_store, taken).steps() == ("one",)
+    stale = transactions(postgres_store, crashed)
     with pytest.raises(LeaseLostError):
         await stale.steps()
     with pytest.raises(LeaseLostError):

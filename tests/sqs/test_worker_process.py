@@ -2,133 +2,27 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import sqlite3
 import time
-import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import botocore.session
 import pytest
 
-from fargate_runtime.local import sqs_environment
 from tests.processes import Child, runtime_argv
-
-if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
-    from pathlib import Path
-
-    import redis.asyncio
+from tests.sqs.worker_support import (
+    counts,
+    ledger_rows,
+    payment,
+    poll_until,
+    send,
+    stopped_stats,
+    wait_for_count,
+)
 
 pytestmark = [pytest.mark.process, pytest.mark.integration]
 
 APP = "examples.sqs_worker.app:app"
-# Long enough that a message visible again can only have been released, never expired.
-VISIBILITY_SECONDS = 120
-
-
-@pytest.fixture
-def sync_sqs(sqs_endpoint: str) -> Any:
-    """A plain (blocking) botocore client: these tests block on the child's output anyway."""
-    session = botocore.session.get_session()
-    return session.create_client("sqs", endpoint_url=sqs_endpoint, region_name="us-east-1")
-
-
-@pytest.fixture
-def queue_factory(sync_sqs: Any) -> Iterator[Any]:
-    """``queue_factory(fifo=False)`` -> URL of a fresh queue, deleted after the test."""
-    created: list[str] = []
-
-    def make(*, fifo: bool = False) -> str:
-        name = f"w{uuid.uuid4().hex[:16]}" + (".fifo" if fifo else "")
-        attributes = {"FifoQueue": "true"} if fifo else {}
-        url: str = sync_sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
-        created.append(url)
-        return url
-
-    yield make
-    for url in created:
-        sync_sqs.delete_queue(QueueUrl=url)
-
-
-@pytest.fixture
-def worker_env(
-    sqs_endpoint: str,
-    redis_url: str,
-    redis_prefix: str,
-    redis_client: redis.asyncio.Redis,
-    tmp_path: Path,
-) -> dict[str, str]:
-    """Environment of a worker: local SQS, the test Redis under this test's prefix, a ledger."""
-    del redis_client  # requested for its cleanup of ``redis_prefix`` keys
-    return {
-        **sqs_environment(sqs_endpoint),
-        "REDIS_URL": redis_url,
-        "FARGATE_RUNTIME_IDEMPOTENCY_KEY_PREFIX": redis_prefix,
-        "PAYMENTS_LEDGER_PATH": str(tmp_path / "ledger.sqlite3"),
-        "FARGATE_RUNTIME_SQS_VISIBILITY_TIMEOUT_SECONDS": str(VISIBILITY_SECONDS),
-        "FARGATE_RUNTIME_LOG_LEVEL": "INFO",
-    }
-
-
-def payment(event_id: str, sequence: int, account: str = "acct_1") -> str:
-    """A payment event body."""
-    return json.dumps(
-        {"event_id": event_id, "account": account, "amount_cents": 500, "sequence": sequence}
-    )
-
-
-def send(sqs: Any, queue: str, bodies: list[str], *, group: str | None = None) -> None:
-    """Send ``bodies`` one by one (FIFO: in ``group``, deduplicated by a fresh id)."""
-    for body in bodies:
-        extra = {}
-        if group is not None:
-            extra = {"MessageGroupId": group, "MessageDeduplicationId": uuid.uuid4().hex}
-        sqs.send_message(QueueUrl=queue, MessageBody=body, **extra)
-
-
-def counts(sqs: Any, queue: str) -> tuple[int, int]:
-    """(visible, in flight) of ``queue``."""
-    attributes = sqs.get_queue_attributes(
-        QueueUrl=queue,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )["Attributes"]
-    return (
-        int(attributes["ApproximateNumberOfMessages"]),
-        int(attributes["ApproximateNumberOfMessagesNotVisible"]),
-    )
-
-
-def ledger_rows(path: str) -> list[tuple[str, str, int]]:
-    """(event_id, outcome, worker_pid) of every request the provider received, in order."""
-    with sqlite3.connect(path) as connection:
-        rows = connection.execute(
-            "SELECT event_id, outcome, worker_pid FROM requests ORDER BY id"
-        ).fetchall()
-    return [(str(event), str(outcome), int(pid)) for event, outcome, pid in rows]
-
-
-def poll_until(condition: Callable[[], bool], *, timeout: float = 60.0, what: str) -> None:
-    """Poll ``condition`` (queue attributes, ledger rows) every 100 ms until it holds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.1)
-
-
-def wait_for_count(child: Child, message: str, count: int, *, timeout: float = 60.0) -> None:
-    """Wait until ``message`` has been logged ``count`` times."""
-    child.wait_for(
-        lambda _line: sum(1 for line in child.lines if line.get("message") == message) >= count,
-        timeout=timeout,
-    )
-
-
-def stopped_stats(child: Child) -> dict[str, Any]:
-    """The consumer's closing stats line."""
-    return child.wait_for_message("sqs consumer stopped", timeout=5)
 
 
 def test_sigterm_charges_in_flight_once_and_releases_unstarted_at_once(

@@ -51,32 +51,6 @@ async def test_resources_close_in_reverse_even_when_one_hangs_and_one_raises(
     assert by_message["resource close failed"].exc_info is not None
 
 
-async def test_close_is_shielded_from_cancellation_of_the_run() -> None:
-    """Cancelling the task that runs the supervisor does not cut a close halfway."""
-    finished_close = asyncio.Event()
-    close_started = asyncio.Event()
-
-    @contextlib.asynccontextmanager
-    async def slow_close() -> AsyncIterator[None]:
-        yield
-        close_started.set()
-        await asyncio.sleep(0.2)
-        finished_close.set()
-
-    app = Supervisor(settings=SETTINGS, handle_signals=False)
-
-    @app.setup
-    async def setup(rt: Runtime) -> None:
-        await rt.enter(slow_close(), name="slow")
-
-    run = asyncio.create_task(app.serve())
-    await close_started.wait()
-    run.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await run
-    assert finished_close.is_set()
-
-
 async def test_setup_failure_closes_what_was_entered_and_exits_1() -> None:
     """A setup that fails halfway closes the resources it had entered, then exits 1."""
     closed: list[str] = []
