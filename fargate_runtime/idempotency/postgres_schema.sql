@@ -56,8 +56,9 @@ LANGUAGE sql IMMUTABLE AS $$ SELECT 1 $$;
 -- Claim every key. o_status: 1 acquired (o_token is ours), 2 completed (o_token and o_result
 -- of the completing claim), 3 in progress elsewhere, 4 same key with another fingerprint.
 -- A key repeated in one call is claimed once; later occurrences are only classified. A live
--- claim is in progress whoever asks, its own owner included (callers' owner ids name a
--- process, so two attempts in one process must still exclude each other).
+-- claim of this very owner, same fingerprint, is this call's own (an earlier try whose reply was
+-- lost: owner ids name one attempt, see owners.py): acquired again with its token, its lease
+-- restarted. Only a key's first occurrence in the call is recognised so.
 CREATE OR REPLACE FUNCTION idempotency_claim(
     p_keys text[], p_fingerprints text[], p_owner text, p_lease_ms bigint
 ) RETURNS TABLE (o_index integer, o_status smallint, o_token bigint, o_result bytea)
@@ -96,11 +97,13 @@ BEGIN
                     EXIT;
                 END IF;
                 -- Take the record over when it is forgotten, or when its lease ended (its
-                -- recovery points stay), with a new, higher token.
+                -- recovery points stay), with a new, higher token; or restart the lease of our
+                -- own live claim, keeping its token (the only live row the WHERE lets through).
                 UPDATE idempotency_records AS r SET
                     state = 'in_progress',
                     owner = p_owner,
-                    token = nextval('idempotency_tokens'),
+                    token = CASE WHEN r.expires_at > v_now AND r.lease_until > v_now
+                                 THEN r.token ELSE nextval('idempotency_tokens') END,
                     fingerprint = v_item.fingerprint,
                     result = NULL,
                     steps = CASE WHEN r.expires_at > v_now THEN r.steps ELSE '{}' END,
@@ -110,7 +113,7 @@ BEGIN
                 WHERE r.key = v_item.key
                   AND (r.expires_at <= v_now
                        OR (r.state = 'in_progress' AND r.fingerprint = v_item.fingerprint
-                           AND r.lease_until <= v_now))
+                           AND (r.lease_until <= v_now OR r.owner = p_owner)))
                 RETURNING r.token INTO v_token;
                 IF FOUND THEN
                     o_status := 1;

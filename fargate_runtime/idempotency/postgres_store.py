@@ -30,6 +30,8 @@ import random
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError, StoreUnavailableError
+from . import _limits
+from ._loop import LoopBinding
 from ._postgres_calls import (
     Statements,
     completion_arguments,
@@ -99,30 +101,36 @@ class PostgresStore(StoreBase):
         cleanup_batch_size: int = 1000,
         pool_options: Mapping[str, Any] | None = None,
     ) -> None:
-        for name, value in (
-            ("pool_size", pool_size),
-            ("transaction_pool_size", transaction_pool_size),
-            ("connect_timeout_seconds", connect_timeout_seconds),
-            ("call_timeout_seconds", call_timeout_seconds),
-            ("idle_in_transaction_timeout_seconds", idle_in_transaction_timeout_seconds),
-            ("max_result_bytes", max_result_bytes),
-            ("cleanup_interval_seconds", cleanup_interval_seconds),
-            ("cleanup_batch_size", cleanup_batch_size),
-        ):
-            if not 0 < value < float("inf"):
-                raise ConfigurationError(f"PostgresStore {name} must be positive and finite")
         self._url = url
         self._password = password
         self.schema = schema
-        self._pool_size = pool_size
-        self._transaction_pool_size = transaction_pool_size
-        self.connect_timeout_seconds = connect_timeout_seconds
-        self.call_timeout_seconds = call_timeout_seconds
-        self._idle_timeout_ms = milliseconds(idle_in_transaction_timeout_seconds)
-        self._max_result_bytes = max_result_bytes
+        self._pool_size = _limits.count("pool_size", pool_size, maximum=100)
+        self._transaction_pool_size = _limits.count(
+            "transaction_pool_size", transaction_pool_size, maximum=1000
+        )
+        self.connect_timeout_seconds = _limits.seconds(
+            "connect_timeout_seconds", connect_timeout_seconds, minimum=0.001, maximum=120.0
+        )
+        self.call_timeout_seconds = _limits.seconds(
+            "call_timeout_seconds", call_timeout_seconds, minimum=0.001, maximum=120.0
+        )
+        idle_timeout = _limits.seconds(
+            "idle_in_transaction_timeout_seconds",
+            idle_in_transaction_timeout_seconds,
+            minimum=0.001,
+            maximum=86_400.0,
+        )
+        self._idle_timeout_ms = milliseconds(idle_timeout)
+        self._max_result_bytes = _limits.count(
+            "max_result_bytes", max_result_bytes, maximum=_limits.MAX_RESULT_BYTES_LIMIT
+        )
         self._cleanup = cleanup
-        self._cleanup_interval = cleanup_interval_seconds
-        self._cleanup_batch = cleanup_batch_size
+        self._cleanup_interval = _limits.seconds(
+            "cleanup_interval_seconds", cleanup_interval_seconds, minimum=0.001, maximum=86_400.0
+        )
+        self._cleanup_batch = _limits.count(
+            "cleanup_batch_size", cleanup_batch_size, maximum=100_000
+        )
         # Passed to asyncpg.create_pool for both pools: ssl, statement_cache_size=0 behind
         # PgBouncer in transaction mode, connection_class, init, ...
         self._pool_options = dict(pool_options or {})
@@ -130,6 +138,8 @@ class PostgresStore(StoreBase):
         self._transaction_pool: asyncpg.Pool | None = None
         self._cleaner: asyncio.Task[None] | None = None
         self._opening = asyncio.Lock()
+        # asyncpg's pools belong to one event loop, like redis-py's: refuse a second at once.
+        self._loop = LoopBinding("PostgresStore")
         self.where = describe_url(url)
         self.round_trips = 0  # calls made on the store's own pool (for benchmarks and tests)
         self._sql = Statements(schema)
@@ -163,6 +173,7 @@ class PostgresStore(StoreBase):
 
     async def open(self) -> None:
         """Open both pools and check the schema; ConfigurationError says what is wrong."""
+        self._loop.check()
         async with self._opening:
             if self._pool is not None:
                 return
@@ -236,6 +247,7 @@ class PostgresStore(StoreBase):
 
     async def transaction_pool(self) -> asyncpg.Pool:
         """The pool handlers' transactions run on (opened with the store)."""
+        self._loop.check()
         if self._transaction_pool is None:
             await self.open()
         assert self._transaction_pool is not None  # noqa: S101 - open() sets it or raises
@@ -245,6 +257,7 @@ class PostgresStore(StoreBase):
 
     async def _fetch(self, what: str, query: str, *args: object) -> list[asyncpg.Record]:
         """One function call on the store's pool; every failure is StoreUnavailableError."""
+        self._loop.check()  # before the catch-all below: a wrong loop is the caller's bug
         try:
             pool = await self._store_pool()
             self.round_trips += 1
@@ -281,6 +294,7 @@ class PostgresStore(StoreBase):
         self, requests: Sequence[ClaimRequest], *, owner: str, lease_seconds: float
     ) -> list[ClaimResult]:
         """Claim every key in one call (see ``IdempotencyStore.claim_many``)."""
+        lease = milliseconds(_limits.lease(lease_seconds))
         if not requests:
             return []
         for request in requests:
@@ -291,7 +305,7 @@ class PostgresStore(StoreBase):
             [request.key for request in requests],
             [request.fingerprint for request in requests],
             owner,
-            milliseconds(lease_seconds),
+            lease,
         )
         results: list[ClaimResult | None] = [None] * len(requests)
         for index, status, token, result in rows:
@@ -303,6 +317,7 @@ class PostgresStore(StoreBase):
         self, completions: Sequence[Completion], *, retention_seconds: float
     ) -> list[bool]:
         """Complete claims still ours (see ``IdempotencyStore.complete_many``)."""
+        _limits.retention(retention_seconds)
         if not completions:
             return []
         self.check_results(completions)
@@ -326,6 +341,7 @@ class PostgresStore(StoreBase):
 
     async def renew_many(self, held: Sequence[Held], *, lease_seconds: float) -> list[bool]:
         """Extend leases still ours (see ``IdempotencyStore.renew_many``)."""
+        lease = milliseconds(_limits.lease(lease_seconds))
         if not held:
             return []
         rows = await self._fetch(
@@ -333,7 +349,7 @@ class PostgresStore(StoreBase):
             self._sql.renew,
             [h.key for h in held],
             [h.token for h in held],
-            milliseconds(lease_seconds),
+            lease,
         )
         return flags(rows, len(held))
 

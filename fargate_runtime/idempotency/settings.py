@@ -122,14 +122,20 @@ class IdempotencySettings(BaseSettings):
     postgres_pool_size: int = Field(default=4, ge=1, le=100)
     # Handlers' transactions, each holding a connection while it runs: match the concurrency.
     postgres_transaction_pool_size: int = Field(default=10, ge=1, le=1000)
-    postgres_connect_timeout_seconds: float = Field(default=5.0, gt=0.0, le=120.0)
+    postgres_connect_timeout_seconds: float = Field(
+        default=5.0, gt=0.0, le=120.0, allow_inf_nan=False
+    )
     # A transaction idle this long is ended by PostgreSQL: a frozen (SIGSTOPped) or stuck worker
     # must not hold its locks for ever.
-    postgres_idle_in_transaction_timeout_seconds: float = Field(default=60.0, gt=0.0, le=86400.0)
+    postgres_idle_in_transaction_timeout_seconds: float = Field(
+        default=60.0, gt=0.0, le=86400.0, allow_inf_nan=False
+    )
     # Expired records are deleted by every store in batches of this size, every interval
     # (with jitter); each batch is one short transaction that skips locked rows.
     postgres_cleanup: bool = True
-    postgres_cleanup_interval_seconds: float = Field(default=60.0, gt=0.0, le=86400.0)
+    postgres_cleanup_interval_seconds: float = Field(
+        default=60.0, gt=0.0, le=86400.0, allow_inf_nan=False
+    )
     postgres_cleanup_batch_size: int = Field(default=1000, ge=1, le=100_000)
 
     @model_validator(mode="before")

@@ -11,7 +11,9 @@ import os
 import signal
 import subprocess
 import sys
-from typing import TYPE_CHECKING
+import threading
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import pytest
@@ -67,12 +69,76 @@ def private_postgres() -> Iterator[PostgresServer]:
         yield server
 
 
-async def test_a_live_claim_excludes_its_own_owner_too(postgres_store: PostgresStore) -> None:
-    """Two attempts of one process (one owner id) on one key: the second is in progress."""
-    first = await postgres_store.claim(key("a"), "fp", owner="me", lease_seconds=LEASE)
-    assert first.status is ClaimStatus.ACQUIRED
-    again = await postgres_store.claim(key("a"), "fp", owner="me", lease_seconds=LEASE)
-    assert (again.status, again.token) == (ClaimStatus.IN_PROGRESS, None)
+async def test_a_retried_claim_keeps_its_token_and_recovery_points_and_restarts_the_lease(
+    postgres_store: PostgresStore, postgres_schema: PostgresSchema
+) -> None:
+    """The same attempt claiming its live record again (a lost reply) gets its token back, keeps
+    the recovery points committed under it, and its lease restarts on the database's clock."""
+    name = key("retried")
+    first = await postgres_store.claim(name, "fp", owner="attempt-1", lease_seconds=1.0)
+    assert first.token is not None
+    recovery = postgres_store.transactional(Held(name, first.token), retention_seconds=60)
+    async with recovery.step("charged"):
+        pass
+    lease_until = "SELECT lease_until FROM idempotency_records WHERE key = $1"
+    before = await postgres_schema.fetchval(lease_until, name)
+    retry = await postgres_store.claim(name, "fp", owner="attempt-1", lease_seconds=LEASE)
+    after = await postgres_schema.fetchval(lease_until, name)
+    assert (retry.status, retry.token) == (ClaimStatus.ACQUIRED, first.token)
+    assert after - before > timedelta(seconds=LEASE / 2)
+    assert await recovery.steps() == ("charged",)
+    other = await postgres_store.claim(name, "fp", owner="attempt-2", lease_seconds=LEASE)
+    assert other.status is ClaimStatus.IN_PROGRESS
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("pool_size", 0),
+        ("transaction_pool_size", 10_000),
+        ("call_timeout_seconds", float("inf")),
+        ("connect_timeout_seconds", -1.0),
+        ("idle_in_transaction_timeout_seconds", float("nan")),
+        ("max_result_bytes", 0),
+        ("cleanup_interval_seconds", 0.0),
+        ("cleanup_batch_size", True),
+    ],
+)
+def test_numbers_out_of_bounds_are_refused_naming_the_parameter(name: str, value: float) -> None:
+    """Each numeric argument is checked like the other stores' (``_limits``): a zero, negative,
+    non-finite, too large or boolean value is a ConfigurationError naming it."""
+    options: dict[str, Any] = {name: value}
+    with pytest.raises(ConfigurationError, match=name):
+        PostgresStore("postgresql://a@127.0.0.1:1/a", **options)
+
+
+async def test_a_store_used_from_a_second_event_loop_fails_at_once(
+    postgres_schema: PostgresSchema,
+) -> None:
+    """A call from another thread's loop raises RuntimeError before sending anything: the key
+    it tried stays unclaimed for the store's own loop."""
+    store = PostgresStore(postgres_schema.url, schema=postgres_schema.name, cleanup=False)
+    raised: list[BaseException] = []
+
+    def from_another_thread() -> None:
+        async def claim() -> None:
+            await store.claim(key("elsewhere"), "fp", owner="o", lease_seconds=LEASE)
+
+        try:
+            asyncio.run(claim())
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread to assert on
+            raised.append(exc)
+
+    async with store:
+        await store.claim(key("first"), "fp", owner="o", lease_seconds=LEASE)
+        thread = threading.Thread(target=from_another_thread)
+        thread.start()
+        await asyncio.to_thread(thread.join)
+        assert len(raised) == 1
+        assert isinstance(raised[0], RuntimeError)
+        assert "one store per event loop" in str(raised[0])
+        mine = await store.claim(key("elsewhere"), "fp", owner="p", lease_seconds=LEASE)
+        assert mine.status is ClaimStatus.ACQUIRED
 
 
 async def test_cleanup_deletes_only_forgotten_records_in_bounded_batches(
