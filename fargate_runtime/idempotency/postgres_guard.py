@@ -12,7 +12,10 @@ guard does), so a long transaction keeps its claim::
         tx.set_result({"charge_id": charge_id})
 
 Unlike the guard, this form always fails closed: with the store down there is no transaction
-to commit the record in, whatever ``FailurePolicy`` says.
+to commit the record in, whatever ``FailurePolicy`` says. Like the guard, each entry is one
+attempt with its own owner id, and a result that cannot be stored (not serializable, too large)
+never makes the work run twice: the writes commit with a marker instead of the result, and
+duplicates get ResultUnavailableError when they read ``tx.result``.
 """
 
 from __future__ import annotations
@@ -27,18 +30,22 @@ from ..errors import (
     ConfigurationError,
     LeaseLostError,
     PayloadMismatchError,
+    ResultTooLargeError,
+    ResultUnavailableError,
     StoreUnavailableError,
 )
 from ._background import spawn
-from ._store import ClaimRequest, ClaimStatus, Held
+from ._store import ClaimRequest, ClaimStatus, Completion, Held
 from .keys import fingerprint as fingerprint_of
+from .owners import attempt_owner
 from .postgres_store import PostgresStore
 from .postgres_transaction import Transaction, TransactionalClaim
-from .serialization import encode_result
+from .serialization import decode_result, encode_result, unstored_marker
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    from .serialization import Serializer
     from .service import Idempotency
 
 __all__ = ["guarded_transaction"]
@@ -55,6 +62,7 @@ async def guarded_transaction(
     payload: object = None,
     fingerprint: str | None = None,
     isolation: str | None = None,
+    serializer: Serializer | None = None,
 ) -> AsyncIterator[Transaction]:
     """See the module docstring; ``Idempotency.transaction`` is this with ``idem`` bound."""
     store = idem.store
@@ -63,10 +71,12 @@ async def guarded_transaction(
             "idem.transaction() needs the PostgreSQL store (FARGATE_RUNTIME_IDEMPOTENCY_STORE="
             f"postgres); this Idempotency uses {type(store).__name__}"
         )
+    serializer = serializer or idem.serializer
     stored = idem.key(scope, key)
     request = ClaimRequest(stored, fingerprint or fingerprint_of(payload))
+    # This attempt's own owner id: a retried claim recognises it, a second attempt does not.
     (result,) = await store.claim_many(
-        [request], owner=idem.owner, lease_seconds=idem.lease_seconds
+        [request], owner=attempt_owner(idem.owner), lease_seconds=idem.lease_seconds
     )
     if result.status is ClaimStatus.MISMATCH:
         idem.stats.mismatched += 1
@@ -76,14 +86,35 @@ async def guarded_transaction(
         raise AlreadyInProgressError(stored)
     if result.status is ClaimStatus.COMPLETED:
         idem.stats.replayed += 1
-        stored_result = idem.serializer.loads(result.result or b"null")
-        yield Transaction(None, key=stored, token=result.token, replayed=True, result=stored_result)
+        try:
+            kept = decode_result(serializer, result.result or b"null", key=stored)
+        except ResultUnavailableError as unavailable:
+            yield Transaction(
+                None, key=stored, token=result.token, replayed=True, unavailable=unavailable
+            )
+            return
+        yield Transaction(None, key=stored, token=result.token, replayed=True, result=kept)
         return
     idem.stats.acquired += 1
     held = Held(stored, result.token)
+    unstored: list[BaseException] = []
 
     def encode(value: object) -> bytes:
-        return encode_result(idem.serializer, value, max_bytes=idem.max_result_bytes, key=stored)
+        # Inside the transaction, after the block: its writes must still commit, so a result
+        # that cannot be kept becomes a marker (duplicates: ResultUnavailableError), never a
+        # rollback and a second run.
+        try:
+            data = encode_result(serializer, value, max_bytes=idem.max_result_bytes, key=stored)
+            store.check_results([Completion(stored, held.token, data)])  # its own limit
+        except BaseException as problem:  # noqa: BLE001 - user serializers may raise anything
+            unstored.append(problem)
+            marker = unstored_marker(problem)
+            try:
+                store.check_results([Completion(stored, held.token, marker)])
+            except ResultTooLargeError:  # even the reason is too large: the bare marker
+                marker = unstored_marker(None)
+            return marker
+        return data
 
     recovery = TransactionalClaim(
         store, held, retention_seconds=idem.retention_seconds, encode=encode
@@ -100,7 +131,18 @@ async def guarded_transaction(
         raise
     finally:
         renewing.cancel()
+        if unstored and not isinstance(unstored[0], Exception):
+            # KeyboardInterrupt, SystemExit while serializing: on its way once the COMMIT ended.
+            raise unstored[0]
     idem.stats.completed += 1
+    if unstored:
+        idem.stats.unstored += 1
+        logger.error(
+            "idempotent transaction committed WITHOUT its result: it cannot be stored (%r); "
+            "the work will not run again, duplicates get ResultUnavailableError",
+            unstored[0],
+            extra={"idempotency_key": stored, "fencing_token": held.token},
+        )
 
 
 async def _renew(idem: Idempotency, store: PostgresStore, held: Held) -> None:

@@ -37,6 +37,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LeaseLostError, StoreUnavailableError
+from . import _limits
 from ._postgres_calls import completion_arguments, flags, unavailable_errors
 from ._store import Completion
 
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
     # What a pool hands out: a proxy with every method of asyncpg.Connection.
     Connection: TypeAlias = asyncpg.Connection | PoolConnectionProxy[asyncpg.Record]
 
+    from ..errors import ResultUnavailableError
     from ._store import Held
     from .postgres_store import PostgresStore
 
@@ -69,7 +71,7 @@ class Transaction:
     ``fetch``, ``fetchrow`` and ``fetchval`` are its methods, for short handlers.
     """
 
-    __slots__ = ("_connection", "key", "replayed", "result", "token")
+    __slots__ = ("_connection", "_result", "_unavailable", "key", "replayed", "token")
 
     def __init__(
         self,
@@ -79,12 +81,14 @@ class Transaction:
         token: int,
         replayed: bool = False,
         result: object = None,
+        unavailable: ResultUnavailableError | None = None,
     ) -> None:
         self._connection = connection
         self.key = key
         self.token = token
         self.replayed = replayed
-        self.result = result
+        self._result = result
+        self._unavailable = unavailable
 
     @property
     def connection(self) -> Connection:
@@ -93,11 +97,21 @@ class Transaction:
             raise RuntimeError(f"idempotency key {self.key!r} is replayed: no transaction runs")
         return self._connection
 
+    @property
+    def result(self) -> object:
+        """The stored result when replayed, else what ``set_result`` was given (None).
+
+        Raises ResultUnavailableError for a replay whose result was not kept.
+        """
+        if self._unavailable is not None:
+            raise self._unavailable.with_traceback(None)  # a fresh traceback each time
+        return self._result
+
     def set_result(self, value: object) -> None:
         """What the completion stores and duplicates replay (bytes, or what the guard encodes)."""
         if self.replayed:
             raise RuntimeError(f"idempotency key {self.key!r} is replayed: it has its result")
-        self.result = value
+        self._result = value
 
     async def execute(self, query: str, *args: Any) -> str:
         """``connection.execute``."""
@@ -136,7 +150,7 @@ class TransactionalClaim:
     ) -> None:
         self._store = store
         self._held = held
-        self._retention = retention_seconds
+        self._retention = _limits.retention(retention_seconds)
         self._encode = encode or _raw
         self._on_completed = on_completed
         self._steps: tuple[str, ...] | None = None

@@ -138,15 +138,23 @@ class Idempotency:
         payload: object = None,
         fingerprint: str | None = None,
         isolation: str | None = None,
+        serializer: Serializer | None = None,
     ) -> contextlib.AbstractAsyncContextManager[Transaction]:
         """Guard a block whose PostgreSQL writes commit together with its completion.
 
         Needs the PostgreSQL store; see ``postgres_guard`` (replays, leases, failures).
+        ``serializer`` replaces this ``Idempotency``'s for this block's result.
         """
         from .postgres_guard import guarded_transaction
 
         return guarded_transaction(
-            self, scope, key, payload=payload, fingerprint=fingerprint, isolation=isolation
+            self,
+            scope,
+            key,
+            payload=payload,
+            fingerprint=fingerprint,
+            isolation=isolation,
+            serializer=serializer,
         )
 
     def idempotent(

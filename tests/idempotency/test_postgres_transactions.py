@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -17,7 +20,9 @@ from fargate_runtime.idempotency import (
     PayloadMismatchError,
     PostgresStore,
     ResultTooLargeError,
+    ResultUnavailableError,
     TransactionalClaim,
+    TypedSerializer,
     scoped_key,
 )
 from tests.idempotency.conftest import SHORT_LEASE_SECONDS
@@ -297,3 +302,70 @@ async def test_the_guard_form_renews_the_lease_of_a_long_transaction(
         # Three lease lengths on the database's clock; renewals run meanwhile.
         await tx.execute(f"SELECT pg_sleep({SHORT_LEASE_SECONDS * 3})")
     assert await charged(postgres_store, charges) == ["slow"]
+
+
+async def test_two_attempts_of_one_process_exclude_each_other(
+    postgres_store: PostgresStore, charges: str
+) -> None:
+    """Two transactions on one key from one Idempotency (one owner base) are two attempts: the
+    second finds the first in progress, and only the first one's write commits."""
+    idem = Idempotency(postgres_store, prefix="t", owner="worker-1")
+    async with idem.transaction("charges", "evt-11", fingerprint="fp") as tx:
+        await tx.execute(f"INSERT INTO {charges} VALUES ('evt-11', 1)")
+        with pytest.raises(AlreadyInProgressError):
+            async with idem.transaction("charges", "evt-11", fingerprint="fp"):
+                pass
+    assert await charged(postgres_store, charges) == ["evt-11"]
+    assert (idem.stats.acquired, idem.stats.in_progress) == (1, 1)
+
+
+async def test_a_result_that_cannot_be_stored_commits_once_and_duplicates_learn_why(
+    postgres_store: PostgresStore, charges: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A result the serializer refuses: the writes commit with a marker (logged at ERROR), the
+    first caller keeps its value, three deliveries run once, duplicates get
+    ResultUnavailableError from ``tx.result``."""
+    idem = Idempotency(postgres_store, prefix="t", owner="w")
+    receipt = object()  # no JSON form
+    outcomes: list[object] = []
+    for _ in range(3):
+        async with idem.transaction("charges", "evt-12", payload={"amount": 7}) as tx:
+            if tx.replayed:
+                with pytest.raises(ResultUnavailableError, match="could not be stored") as raised:
+                    _ = tx.result
+                outcomes.append(raised.value)
+                continue
+            await tx.execute(f"INSERT INTO {charges} VALUES ('evt-12', 7)")
+            tx.set_result(receipt)
+        outcomes.append(tx.result)
+    assert outcomes[0] is receipt
+    assert all(isinstance(outcome, ResultUnavailableError) for outcome in outcomes[1:])
+    assert await charged(postgres_store, charges) == ["evt-12"]
+    assert (idem.stats.completed, idem.stats.unstored, idem.stats.replayed) == (1, 1, 2)
+    assert "committed WITHOUT its result" in caplog.text
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """A handler's own result type (replays only with its type named)."""
+
+    amount: Decimal
+    at: datetime
+
+
+async def test_the_guard_form_replays_a_typed_result_as_it_was(
+    postgres_store: PostgresStore, charges: str
+) -> None:
+    """With ``serializer=TypedSerializer(Receipt)`` a dataclass of a Decimal and a datetime
+    replays as an equal Receipt."""
+    idem = Idempotency(postgres_store, prefix="t", owner="w")
+    receipt = Receipt(Decimal("12.30"), datetime(2024, 5, 1, 12, 0, tzinfo=UTC))
+    typed: TypedSerializer[Receipt] = TypedSerializer(Receipt)
+    for _ in range(2):
+        async with idem.transaction("charges", "evt-13", fingerprint="fp", serializer=typed) as tx:
+            if not tx.replayed:
+                await tx.execute(f"INSERT INTO {charges} VALUES ('evt-13', 1230)")
+                tx.set_result(receipt)
+    assert tx.replayed
+    assert isinstance(tx.result, Receipt)
+    assert tx.result == receipt
