@@ -40,6 +40,7 @@ from ..errors import LeaseLostError, StoreUnavailableError
 from . import _limits
 from ._postgres_calls import completion_arguments, flags, unavailable_errors
 from ._store import Completion
+from .claim import ReplayableResult
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -64,14 +65,16 @@ logger = logging.getLogger("fargate_runtime.idempotency.postgres")
 _ROLLBACK_SECONDS = 2.0
 
 
-class Transaction:
+class Transaction(ReplayableResult):
     """One open transaction of a claim: where the handler writes, and the result to keep.
 
     ``connection`` is the ``asyncpg.Connection`` the transaction runs on; ``execute``,
-    ``fetch``, ``fetchrow`` and ``fetchval`` are its methods, for short handlers.
+    ``fetch``, ``fetchrow`` and ``fetchval`` are its methods, for short handlers. ``result``
+    and ``set_result`` are the guard's: what the completion stores (bytes, or what the guard
+    form encodes) and duplicates replay.
     """
 
-    __slots__ = ("_connection", "_result", "_unavailable", "key", "replayed", "token")
+    __slots__ = ("_connection", "token")
 
     def __init__(
         self,
@@ -83,12 +86,9 @@ class Transaction:
         result: object = None,
         unavailable: ResultUnavailableError | None = None,
     ) -> None:
+        super().__init__(key, replayed=replayed, result=result, unavailable=unavailable)
         self._connection = connection
-        self.key = key
         self.token = token
-        self.replayed = replayed
-        self._result = result
-        self._unavailable = unavailable
 
     @property
     def connection(self) -> Connection:
@@ -96,22 +96,6 @@ class Transaction:
         if self._connection is None:
             raise RuntimeError(f"idempotency key {self.key!r} is replayed: no transaction runs")
         return self._connection
-
-    @property
-    def result(self) -> object:
-        """The stored result when replayed, else what ``set_result`` was given (None).
-
-        Raises ResultUnavailableError for a replay whose result was not kept.
-        """
-        if self._unavailable is not None:
-            raise self._unavailable.with_traceback(None)  # a fresh traceback each time
-        return self._result
-
-    def set_result(self, value: object) -> None:
-        """What the completion stores and duplicates replay (bytes, or what the guard encodes)."""
-        if self.replayed:
-            raise RuntimeError(f"idempotency key {self.key!r} is replayed: it has its result")
-        self._result = value
 
     async def execute(self, query: str, *args: Any) -> str:
         """``connection.execute``."""
