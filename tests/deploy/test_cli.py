@@ -148,7 +148,7 @@ def test_no_file_is_a_usage_error() -> None:
 
 def test_list_rules() -> None:
     """--list-rules prints every rule id with its severity."""
-    from fargate_runtime.taskdef import RULES
+    from fargate_runtime.deploy.taskdef import RULES
 
     result = cli("check-taskdef", "--list-rules")
     assert result.returncode == 0

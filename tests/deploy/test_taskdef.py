@@ -10,15 +10,15 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from fargate_runtime.settings import RuntimeSettings, load_settings
-from fargate_runtime.sizing import FARGATE_SIZES
-from fargate_runtime.taskdef import (
+from fargate_runtime.deploy.sizing import FARGATE_SIZES
+from fargate_runtime.deploy.taskdef import (
     RULES,
     Severity,
     check_task_definition,
     image_problem,
     plaintext_secret,
 )
+from fargate_runtime.settings import RuntimeSettings, load_settings
 
 if TYPE_CHECKING:
     from collections.abc import Callable

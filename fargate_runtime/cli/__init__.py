@@ -19,13 +19,13 @@ __all__ = ["main"]
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("fargate_runtime._run_command", "run a Supervisor (or setup function) MODULE:ATTR"),
+    "run": ("fargate_runtime.cli.run", "run a Supervisor (or setup function) MODULE:ATTR"),
     "healthcheck": (
-        "fargate_runtime._healthcheck_command",
+        "fargate_runtime.cli.healthcheck",
         "exit 0 when the health endpoint answers 200 (for a container HEALTHCHECK)",
     ),
-    "check-taskdef": ("fargate_runtime._check_taskdef_command", "lint ECS task definitions"),
-    "size": ("fargate_runtime._size_command", "the smallest Fargate size for a measured peak"),
+    "check-taskdef": ("fargate_runtime.cli.check_taskdef", "lint ECS task definitions"),
+    "size": ("fargate_runtime.cli.size", "the smallest Fargate size for a measured peak"),
     "drill": (
         "fargate_runtime.drill.cli",
         "interrupt real workers like Fargate Spot; report anything lost or charged twice",
@@ -62,7 +62,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             _load(name).configure_parser(sub)
     args = parser.parse_args(arguments)
     return _load(args.command).run_command(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

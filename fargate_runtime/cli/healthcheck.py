@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from .health import probe
-from .settings import ENV_PREFIX
+from ..health import probe
+from ..settings import ENV_PREFIX
 
 if TYPE_CHECKING:
     import argparse

@@ -1,5 +1,5 @@
 """The task-definition checklist: rule ids, severities, findings, and what secrets and
-unpinned images look like (the catalogue ``fargate_runtime.taskdef`` checks against)."""
+unpinned images look like (the catalogue ``fargate_runtime.deploy.taskdef`` checks against)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import enum
 import re
 from dataclasses import dataclass
 
-from .settings import ENV_PREFIX
+from ..settings import ENV_PREFIX
 
 __all__ = [
     "ECS_DEFAULT_STOP_TIMEOUT_SECONDS",

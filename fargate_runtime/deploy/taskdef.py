@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
+from ..errors import ConfigurationError
+from ..settings import ENV_PREFIX, RuntimeSettings, load_settings
 from ._taskdef_rules import (
     ECS_DEFAULT_STOP_TIMEOUT_SECONDS,
     ECS_MAX_STOP_TIMEOUT_SECONDS,
@@ -27,8 +29,6 @@ from ._taskdef_rules import (
     image_problem,
     plaintext_secret,
 )
-from .errors import ConfigurationError
-from .settings import ENV_PREFIX, RuntimeSettings, load_settings
 from .sizing import FARGATE_SIZES, allowed_memory_mib, parse_cpu_units, parse_memory_mib
 
 if TYPE_CHECKING:

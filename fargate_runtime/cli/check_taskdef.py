@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .taskdef import RULES, RULES_BY_ID, Finding, Severity, check_task_definition
+from ..deploy.taskdef import RULES, RULES_BY_ID, Finding, Severity, check_task_definition
 
 if TYPE_CHECKING:
     import argparse

@@ -8,10 +8,10 @@ import logging
 import sys
 from typing import TYPE_CHECKING
 
-from .errors import ConfigurationError
-from .lifecycle import ExitCode
-from .logging import configure_logging
-from .supervisor import Supervisor
+from ..errors import ConfigurationError
+from ..lifecycle import ExitCode
+from ..logging import configure_logging
+from ..supervisor import Supervisor
 
 if TYPE_CHECKING:
     import argparse

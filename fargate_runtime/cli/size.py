@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .sizing import (
+from ..deploy.sizing import (
     ARCHITECTURES,
     HOURS_PER_MONTH,
     PRICES_SOURCE,
