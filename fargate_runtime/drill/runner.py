@@ -104,7 +104,7 @@ def _worker_environment(
             "FARGATE_RUNTIME_SERVICE_NAME": "drill-worker",
             "FARGATE_RUNTIME_IDEMPOTENCY_KEY_PREFIX": _key_prefix(config),
             LEDGER_PATH_ENV: str(ledger),
-            "PAYMENTS_LEDGER_PATH": str(ledger),  # examples/sqs_worker's own setting
+            "PAYMENTS_LEDGER_PATH": str(ledger),  # the payment workers' own setting
         }
     )
     env.update(options.worker_environment)
