@@ -43,7 +43,12 @@ def webhooks(run: str) -> list[str]:
 async def demo() -> int:
     """Run the demo; return the worker's exit code."""
     run = uuid.uuid4().hex[:6]
-    async with Components(run_id=run, max_receive_count=3, queue_name="payments-demo") as local:
+    async with Components(
+        run_id=run,
+        max_receive_count=3,
+        queue_name="payments-demo",
+        redis_url=os.environ.get("REDIS_URL"),
+    ) as local:
         for body in webhooks(run):
             await local.client.send_message(QueueUrl=local.queue_url, MessageBody=body)
         ledger_path = Path(tempfile.mkdtemp(prefix="payments-demo-")) / "ledger.sqlite3"

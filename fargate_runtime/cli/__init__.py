@@ -1,8 +1,11 @@
 """The ``fargate-runtime`` console script.
 
-Each subcommand lives in the module that owns its concept and exposes two functions,
-``configure_parser(parser)`` and ``run_command(args) -> int``; they are imported only when that
-subcommand runs, so ``fargate-runtime healthcheck`` stays fast enough for a container probe.
+Each subcommand lives in a module of this package (the drill's in ``fargate_runtime.drill``) and
+exposes two functions, ``configure_parser(parser)`` and ``run_command(args) -> int``; they are
+imported only when that subcommand runs, so ``fargate-runtime healthcheck`` stays fast enough
+for a container probe. A usage error is one line on stderr and exit code 2 (a module may set
+``USAGE_EXIT_CODE``: ``healthcheck`` uses 1, as Docker reserves 2); every command documents its
+exit codes in its ``--help`` and in ``docs/cli.md``.
 """
 
 from __future__ import annotations
@@ -10,12 +13,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, NoReturn, Protocol, cast
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["main"]
+__all__ = ["COMMANDS", "EXIT_USAGE", "UsageError", "main"]
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -37,6 +40,20 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A bad command line; the message is the one line shown."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (not the usage text) and no exit of its own."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
 class _CommandModule(Protocol):
     def configure_parser(self, parser: argparse.ArgumentParser) -> None: ...
 
@@ -50,8 +67,10 @@ def _load(name: str) -> _CommandModule:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run the subcommand; return its exit code."""
     arguments = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(
-        prog="fargate-runtime", description="A runtime for Python containers on ECS on Fargate."
+    parser = _Parser(
+        prog="fargate-runtime",
+        description="A runtime for Python containers on ECS on Fargate.",
+        epilog="Each COMMAND --help lists its exit codes; a usage error exits 2.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     # Only the chosen subcommand's module is imported (the others get a stub for --help).
@@ -60,5 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub = subparsers.add_parser(name, help=help_text, description=help_text)
         if name == chosen:
             _load(name).configure_parser(sub)
-    args = parser.parse_args(arguments)
+    try:
+        args = parser.parse_args(arguments)
+    except UsageError as exc:
+        sys.stderr.write(f"{exc}\n")
+        module = _load(chosen) if chosen in COMMANDS else None
+        return int(getattr(module, "USAGE_EXIT_CODE", EXIT_USAGE))
     return _load(args.command).run_command(args)
