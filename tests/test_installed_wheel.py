@@ -135,12 +135,8 @@ def test_run_a_user_module_from_the_wheel(
             worker.wait_for_message("phase running")
             sqs.send_message(QueueUrl=queue, MessageBody=body)
             sqs.send_message(QueueUrl=queue, MessageBody=body)  # a resent webhook
-            worker.wait_for(
-                lambda line: line.get("message") == "handled evt_wheel_1 key evt_wheel_1"
-            )
-            worker.wait_for(
-                lambda line: "duplicate of completed work deleted" == line.get("message")
-            )
+            worker.wait_for_message("handled evt_wheel_1 key evt_wheel_1")
+            worker.wait_for_message("duplicate of completed work deleted")
             worker.signal(signal.SIGTERM)
             assert worker.wait(timeout=30) == 0, worker.output()
         assert worker.messages().count("handled evt_wheel_1 key evt_wheel_1") == 1
