@@ -78,7 +78,7 @@ def test_venv_is_built_in_the_builder_and_copied(build: list[Stage], final: Stag
     assert "python -m venv /opt/venv" in builder_runs
     assert "compileall" in builder_runs
     copies = [i for i in final.all("COPY") if i.flags.get("from") == "builder"]
-    assert [c.rest for c in copies][0] == "/opt/venv /opt/venv"
+    assert copies[0].rest == "/opt/venv /opt/venv"
     assert not any("pip install" in i.arguments for i in final.all("RUN"))
 
 
