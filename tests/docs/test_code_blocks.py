@@ -7,13 +7,13 @@ by their language:
   directory, where the ``sh`` blocks run.
 - ``sh`` blocks run line by line (continuations joined, comments dropped) against a local SQS
   queue and Redis. ``fargate-runtime run APP`` starts APP, waits until it is running and keeps
-  it up for the lines after it (a worker also gets one message and must handle it); at the end
-  each app gets SIGTERM and must exit 0. Three commands cannot run inside a test and are checked
-  instead (``STAND_INS``): ``make`` (``make test`` is this suite; ``make -n`` proves the target
-  and its recipe), ``docker`` (no Docker engine on these machines; the Dockerfile it names must
-  exist, and ``tests/deploy/test_dockerfile.py`` checks it) and ``pip install`` of the wheel
-  (``tests/test_installed_wheel.py`` does that install in a fresh venv; here the wheel's name
-  must be the one ``make dist`` writes).
+  it up for the lines after it (a worker also gets one message and must handle it), until the
+  next ``run`` or the end: then it gets SIGTERM and must exit 0. Three commands cannot run
+  inside a test and are checked instead (``STAND_INS``): ``make`` (``make test`` is this
+  suite; ``make -n`` proves the target and its recipe), ``docker`` (no Docker engine on these
+  machines; the Dockerfile it names must exist, and ``tests/deploy/test_dockerfile.py`` checks
+  it) and ``pip install`` of the wheel (``tests/test_installed_wheel.py`` does that install in
+  a fresh venv; here the wheel's name must be the one ``make dist`` writes).
 - ``json`` is parsed, ``sql`` runs against a ledger of the stand-in provider, ``dockerfile`` is
   parsed and must build FROM the base; ``text`` and unlabelled blocks are output and layouts.
 """
@@ -148,6 +148,15 @@ def _start(line: str, cwd: Path, env: dict[str, str]) -> Child:
     return child
 
 
+def _stop(child: Child) -> None:
+    """SIGTERM (if still running); it must drain and exit 0."""
+    if child.process.poll() is None:
+        child.signal()
+    code = child.wait(timeout=30)
+    child.kill()  # closes its pipe
+    assert code == 0, child.output()
+
+
 def _exercise(child: Child, env: dict[str, str]) -> None:
     """A running SQS worker of a document gets one event and must handle it."""
     if not any(line.get("message") == "sqs consumer started" for line in child.lines):
@@ -203,6 +212,9 @@ def test_the_documents_blocks_run(
                 if line.startswith(STAND_INS):
                     _stand_in(line, cwd)
                 elif line.startswith("fargate-runtime run "):
+                    # One app at a time, as a reader stops the last before the next.
+                    for running in started:
+                        _stop(running)
                     started.append(_start(line, cwd, env))
                     _exercise(started[-1], env)
                 else:
@@ -216,7 +228,5 @@ def test_the_documents_blocks_run(
             if child.process.poll() is None:
                 child.signal()
     for child in started:
-        code = child.wait(timeout=30)
-        child.kill()  # closes its pipe
-        assert code == 0, child.output()
+        _stop(child)
     assert started or document != "README.md"
