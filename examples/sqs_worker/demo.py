@@ -82,6 +82,7 @@ async def demo() -> int:
             code = await worker.wait()
             totals = await asyncio.to_thread(ledger.totals)
         dead = await local.dead_letter_count()
+        await local.forget_keys(env["FARGATE_RUNTIME_IDEMPOTENCY_KEY_PREFIX"])  # a shared Redis
         print(  # noqa: T201 - the demo's report is for people
             f"\nsent {EVENTS + DUPLICATES + 1} webhooks ({EVENTS} events, {DUPLICATES} resent, "
             f"1 malformed)\nprovider: {totals.requests} charge requests, {totals.replayed} "
