@@ -16,47 +16,20 @@ like ``{"event_id": "evt_1", "account": "acct_7", "amount_cents": 1250, "sequenc
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
-import os
-import uuid
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from fargate_runtime import Runtime, Supervisor, load_settings
-from fargate_runtime.errors import MalformedMessageError
-from fargate_runtime.idempotency import Idempotency, load_idempotency_settings, open_store
-from fargate_runtime.sqs import (
-    Consumer,
-    Message,
-    MessageContext,
-    SqsSettings,
-    json_field,
-    open_sqs_client,
-)
+from fargate_runtime import Runtime, load_settings
+from fargate_runtime.drill import PaymentEvent
+from fargate_runtime.sqs import Handler, Message, MessageContext, json_field, sqs_worker
 
-from .payments import ChargeOutcome, ChargeRequest, Ledger
+from .payments import ChargeOutcome, Ledger
 
-if TYPE_CHECKING:
-    from fargate_runtime.idempotency import IdempotencyStore
-
-__all__ = ["ChargeHandler", "PaymentEvent", "PaymentsSettings", "Unsafe", "app"]
+__all__ = ["PaymentsSettings", "app", "build_handler"]
 
 logger = logging.getLogger("examples.sqs_worker")
-
-
-class Unsafe(enum.Enum):
-    """Deliberately broken modes, for the interruption drill to show what they cost."""
-
-    # The default: a stable key downstream and Redis claims.
-    NONE = "none"
-    # A fresh key on every attempt: a crash between charge and completion charges twice.
-    NO_DOWNSTREAM_KEY = "no-downstream-key"
-    # No claims and a fresh key: every duplicate delivery charges again.
-    NO_IDEMPOTENCY = "no-idempotency"
 
 
 class PaymentsSettings(BaseSettings):
@@ -67,96 +40,29 @@ class PaymentsSettings(BaseSettings):
     ledger_path: str = Field(default="payments-ledger.sqlite3", min_length=1)
     # Demo knob: how long the "call to the provider" takes.
     handler_delay_seconds: float = Field(default=0.0, ge=0.0, le=3600.0)
-    unsafe: Unsafe = Unsafe.NONE
 
 
-@dataclass(frozen=True, slots=True)
-class PaymentEvent:
-    """A payment webhook event."""
+async def build_handler(rt: Runtime) -> Handler:
+    """Open the provider's client (here its ledger) as a resource; return the handler."""
+    settings = load_settings(PaymentsSettings)
+    ledger = await rt.enter(Ledger(settings.ledger_path), name="ledger")
 
-    event_id: str
-    account: str
-    amount_cents: int
-    sequence: int | None
-
-    @classmethod
-    def from_message(cls, message: Message) -> PaymentEvent:
-        """Parse and check the body; ``MalformedMessageError`` (retried, then DLQ) if unfit."""
-        body: Any = message.json()
-        if not isinstance(body, dict):
-            raise MalformedMessageError(f"message {message.message_id}: event is not an object")
-        event_id, account = body.get("event_id"), body.get("account")
-        amount, sequence = body.get("amount_cents"), body.get("sequence")
-        if not isinstance(event_id, str) or not event_id:
-            raise MalformedMessageError(f"message {message.message_id}: no event_id")
-        if not isinstance(account, str) or not account:
-            raise MalformedMessageError(f"event {event_id}: no account")
-        if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
-            raise MalformedMessageError(f"event {event_id}: amount_cents must be a positive int")
-        if sequence is not None and (not isinstance(sequence, int) or isinstance(sequence, bool)):
-            raise MalformedMessageError(f"event {event_id}: sequence must be an int")
-        return cls(event_id, account, amount, sequence)
-
-
-class ChargeHandler:
-    """Charges one event through the provider, passing the idempotency key downstream."""
-
-    def __init__(self, ledger: Ledger, *, settings: PaymentsSettings) -> None:
-        self._ledger = ledger
-        self._delay = settings.handler_delay_seconds
-        self._unsafe = settings.unsafe
-
-    def _downstream_key(self, event: PaymentEvent, context: MessageContext) -> str:
-        if self._unsafe is Unsafe.NONE and context.idempotency_key is not None:
-            return f"charge:{context.idempotency_key}"
-        # Broken on purpose: a new key per attempt defeats the provider's deduplication.
-        return f"charge:{event.event_id}:{uuid.uuid4().hex}"
-
-    async def __call__(self, message: Message, context: MessageContext) -> None:
+    async def charge(message: Message, context: MessageContext) -> None:
         event = PaymentEvent.from_message(message)
-        fields = {"event_id": event.event_id, "account": event.account, "pid": os.getpid()}
+        fields = {"event_id": event.event_id, "account": event.account}
         logger.info("payment started", extra=fields)
-        await self._ledger.record_execution(event.event_id)  # for the drill's accounting
-        if self._delay:
-            await asyncio.sleep(self._delay)  # stands for the provider's latency
-        outcome = await self._ledger.charge(
-            ChargeRequest(
-                idempotency_key=self._downstream_key(event, context),
-                event_id=event.event_id,
-                account=event.account,
-                amount_cents=event.amount_cents,
-                sequence=event.sequence,
-                fencing_token=context.fencing_token,
-            )
+        await asyncio.sleep(settings.handler_delay_seconds)  # stands for the provider's latency
+        # The same key on every attempt: the provider applies one charge per key, even when
+        # this process dies between the charge and the completion record.
+        request = event.charge(
+            idempotency_key=f"charge:{context.idempotency_key}",
+            fencing_token=context.fencing_token,
         )
-        if outcome is ChargeOutcome.REPLAYED:
-            logger.info("payment replayed by the provider", extra=fields)
-        else:
-            logger.info("payment charged", extra=fields)
+        outcome = await ledger.charge(request)
+        replayed = outcome is ChargeOutcome.REPLAYED
+        logger.info("payment replayed" if replayed else "payment charged", extra=fields)
+
+    return charge
 
 
-app = Supervisor()
-
-
-@app.setup
-async def setup(rt: Runtime) -> None:
-    """Open SQS, the ledger and the idempotency store, then start the consumer."""
-    payments = load_settings(PaymentsSettings)
-    sqs = load_settings(SqsSettings)
-    client = await rt.enter(open_sqs_client(sqs), name="sqs")
-    ledger = await rt.enter(Ledger(payments.ledger_path), name="ledger")
-    handler = ChargeHandler(ledger, settings=payments)
-    if payments.unsafe is Unsafe.NO_IDEMPOTENCY:
-        logger.warning("running WITHOUT idempotency (PAYMENTS_UNSAFE=no-idempotency)")
-        consumer = Consumer(handler, client=client, settings=sqs)
-    else:
-        store_settings = load_idempotency_settings()
-        store: IdempotencyStore = await rt.enter(open_store(store_settings), name="idempotency")
-        consumer = Consumer(
-            handler,
-            client=client,
-            settings=sqs,
-            idempotency=Idempotency.from_settings(store, store_settings),
-            key=json_field("event_id"),
-        )
-    rt.add_service(consumer.run, name="sqs-consumer")
+app = sqs_worker(build_handler=build_handler, key=json_field("event_id"))

@@ -23,7 +23,7 @@ Schema (``sqlite3 $PAYMENTS_LEDGER_PATH``)::
     executions   one row per handler run: event_id, worker_pid, started_at
 
 Double charges are events with more than one ``charges`` row (possible only when the worker
-does not send a stable key: see ``Unsafe`` in ``app.py``)::
+does not send a stable key: see ``Unsafe`` in ``fargate_runtime.drill.worker``)::
 
     SELECT event_id FROM charges GROUP BY event_id HAVING COUNT(*) > 1;
 """

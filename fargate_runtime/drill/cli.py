@@ -1,7 +1,13 @@
 """``fargate-runtime drill``: interrupt real workers the way Fargate Spot does; count the damage.
 
 Exit codes: 0 the drill passed; 1 it ran and found a problem (the report says which); 2 it could
-not run (bad flags, no Redis, a worker that does not start).
+not run (bad flags, a named Redis or SQS endpoint that does not answer, a worker that does not
+start).
+
+Adding a flag: one ``add(...)`` in ``configure_parser`` (numbers through ``bounded_float`` /
+``bounded_int``, so ``inf`` and ``nan`` are refused), its field in ``DrillConfig`` (``plan``),
+and one line in ``config_from_args``; flags about where the drill runs (not what it does) go to
+``DrillOptions`` (``runner``) through ``options_from_args``.
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from .components import ComponentsError
+from ..cli._numbers import bounded_float, bounded_int, parse_float
+from .components import ComponentsError, redacted
 from .plan import DEFAULT_WORKER, DrillConfig, expected_interruptions
 from .progress import Progress
 from .runner import DrillError, DrillOptions, run_drill
@@ -29,19 +36,19 @@ _CANNOT_RUN = 2
 _INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 
 
-def _share(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
-    return value
+_share = bounded_float(minimum=0, maximum=1)
+_seconds = bounded_float(minimum=0, maximum=3600)
 
 
 def _pair(text: str) -> tuple[float, float]:
     low, _, high = text.partition(",")
     try:
-        return float(low), float(high or low)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not MIN,MAX seconds") from exc
+        pair = parse_float(low), parse_float(high or low)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not MIN,MAX seconds") from None
+    if not 0 < pair[0] <= pair[1] <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} needs 0 < MIN <= MAX <= 3600 seconds")
+    return pair
 
 
 def _assignment(text: str) -> tuple[str, str]:
@@ -56,7 +63,12 @@ exit codes:
   0  passed: lost 0, double charges 0, overruns 0, no crash, and every duplicate
      charge attempt explained by a hard kill or a Redis restart
   1  failed: the report lists each failure and its cause
-  2  could not run (bad flags, no Redis, a worker that does not start)
+  2  could not run (bad flags, a named Redis or SQS endpoint that does not
+     answer, a worker that does not start)
+
+components: --sqs-endpoint and --redis-url (default $REDIS_URL) must answer; named
+  nowhere, the drill starts moto's server and uses 127.0.0.1:6379 or, when nothing
+  answers there, a private redis-server. --restart-redis always uses a private one.
 
 drilling your own worker:
   --worker mypkg.app:app runs it under `fargate-runtime run` with the drill's SQS
@@ -83,14 +95,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add(
         "--events",
-        type=int,
+        type=bounded_int(minimum=1, maximum=1_000_000),
         default=d.events,
         metavar="N",
         help="unique payment events (default: %(default)s)",
     )
     add(
         "--workers",
-        type=int,
+        type=bounded_int(minimum=1, maximum=64),
         default=d.workers,
         metavar="K",
         help="worker processes at once (default: %(default)s)",
@@ -126,7 +138,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add("--restart-redis", action="store_true", help="restart (a private) Redis half way")
     add(
         "--stop-timeout",
-        type=float,
+        type=bounded_float(minimum=2, maximum=120),
         default=d.stop_timeout_seconds,
         metavar="SECONDS",
         help="the task's stopTimeout, scaled down: SIGKILL this long after SIGTERM "
@@ -156,7 +168,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     add(
         "--events-per-second",
-        type=float,
+        type=bounded_float(above=0, maximum=10_000),
         default=d.events_per_second,
         metavar="R",
         help="sending pace, messages per second (default: %(default)s)",
@@ -170,21 +182,21 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     add(
         "--first-interrupt",
-        type=float,
+        type=_seconds,
         default=d.first_interrupt_seconds,
         metavar="SECONDS",
         help="when the first interruption comes, after sending starts (default: %(default)s)",
     )
     add(
         "--max-receive-count",
-        type=int,
+        type=bounded_int(minimum=1, maximum=1000),
         default=d.max_receive_count,
         metavar="N",
         help="the queue's redrive maxReceiveCount (default: %(default)s)",
     )
     add(
         "--timeout",
-        type=float,
+        type=bounded_float(above=0, maximum=86_400),
         default=d.timeout_seconds,
         metavar="SECONDS",
         help="give up (what is missing counts as lost) this long after sending starts "
@@ -200,7 +212,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--redis-url",
         default=None,
         metavar="URL",
-        help="Redis to use (default: REDIS_URL, else a private redis-server)",
+        help="Redis to use; it must answer (default: $REDIS_URL; neither: 127.0.0.1:6379, "
+        "else a private redis-server)",
     )
     add("--json", type=Path, default=None, metavar="PATH", help="write the figures as JSON")
     add("--html", type=Path, default=None, metavar="PATH", help="write the timeline picture")
@@ -240,30 +253,51 @@ def config_from_args(args: argparse.Namespace, *, run_id: str) -> DrillConfig:
     )
 
 
+def _redis_url(args: argparse.Namespace) -> str | None:
+    """The Redis named for this run: --redis-url, else REDIS_URL (not with --restart-redis)."""
+    if args.redis_url is not None or args.restart_redis:
+        return str(args.redis_url) if args.redis_url is not None else None
+    return os.environ.get("REDIS_URL") or None
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr)  # noqa: T201 - the CLI's own messages
+
+
 def run_command(args: argparse.Namespace) -> int:
     """Run the drill, print the report, write ``--json``/``--html``; return the exit code."""
+    if args.restart_redis and args.redis_url is not None:
+        _say(
+            "fargate-runtime drill: --restart-redis restarts a private redis-server the drill "
+            f"starts itself, not the one at {redacted(args.redis_url)}: drop one of the two flags"
+        )
+        return _CANNOT_RUN
     run_id = secrets.token_hex(3)
     config = config_from_args(args, run_id=run_id)
-    keep = args.work_dir is not None
+    problems = config.problems()
+    if problems:
+        _say(f"fargate-runtime drill: {'; '.join(problems)}")
+        return _CANNOT_RUN
+    ours = args.work_dir is None  # a temporary directory: removed unless it explains a failure
     work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix=f"fargate-runtime-drill-{run_id}-"))
     work_dir.mkdir(parents=True, exist_ok=True)
     options = DrillOptions(
         work_dir=work_dir,
         sqs_endpoint_url=args.sqs_endpoint,
-        redis_url=args.redis_url,
+        redis_url=_redis_url(args),
         worker_environment=dict(args.worker_env),
         app_dir=args.app_dir,
         progress=Progress(enabled=not args.quiet),
+        keep_work_dir=not ours,
     )
     try:
         run = asyncio.run(run_drill(config, options))
     except KeyboardInterrupt:
         # asyncio.run cancelled the drill: its workers were killed and its servers stopped.
-        print(f"fargate-runtime drill: interrupted (logs kept in {work_dir})", file=sys.stderr)  # noqa: T201 - CLI
+        _say(f"fargate-runtime drill: interrupted{_logs(work_dir, ours=ours, keep=True)}")
         return _INTERRUPTED
     except (DrillError, ComponentsError) as exc:
-        print(f"fargate-runtime drill: cannot run: {exc}", file=sys.stderr)  # noqa: T201 - CLI
-        print(f"(logs kept in {work_dir})", file=sys.stderr)  # noqa: T201 - CLI output
+        _say(f"fargate-runtime drill: cannot run: {exc}{_logs(work_dir, ours=ours, keep=True)}")
         return _CANNOT_RUN
     report = run.report
     title = (
@@ -277,8 +311,21 @@ def run_command(args: argparse.Namespace) -> int:
         from .picture import write_picture  # only when asked: string building only
 
         write_picture(args.html, run.observations, report, title=title.lstrip(" -"))
-    if report.exit_code != 0 or keep:
-        print(f"ledger and worker logs: {work_dir}")  # noqa: T201 - the report is the output
-    else:
-        shutil.rmtree(work_dir, ignore_errors=True)
+    logs = _logs(work_dir, ours=ours, keep=report.exit_code != 0)
+    if logs:
+        print(logs.strip(" ()"))  # noqa: T201 - the report is the output
     return report.exit_code
+
+
+def _logs(work_dir: Path, *, ours: bool, keep: bool) -> str:
+    """`` (ledger and worker logs in DIR)`` when the work dir stays and holds something.
+
+    A temporary directory is removed unless ``keep`` (the logs explain a failure) and it holds
+    something; a directory named by ``--work-dir`` is the user's and is never removed.
+    """
+    holds_logs = work_dir.is_dir() and any(work_dir.iterdir())
+    if holds_logs and (keep or not ours):
+        return f" (ledger and worker logs in {work_dir})"
+    if ours:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    return ""

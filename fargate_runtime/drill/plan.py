@@ -26,7 +26,7 @@ __all__ = [
     "build_plan",
 ]
 
-DEFAULT_WORKER = "examples.sqs_worker.app:app"
+DEFAULT_WORKER = "fargate_runtime.drill.worker:app"
 _ACCOUNTS = 25
 
 

@@ -67,6 +67,7 @@ class DrillOptions:
     redis_url: str | None = None
     worker_environment: dict[str, str] = field(default_factory=dict)
     app_dir: str = "."
+    keep_work_dir: bool = False  # announce the work dir at start only when it will be kept
     progress: Progress = field(default_factory=lambda: Progress(enabled=False))
 
 
@@ -104,7 +105,7 @@ def _worker_environment(
             "FARGATE_RUNTIME_SERVICE_NAME": "drill-worker",
             "FARGATE_RUNTIME_IDEMPOTENCY_KEY_PREFIX": _key_prefix(config),
             LEDGER_PATH_ENV: str(ledger),
-            "PAYMENTS_LEDGER_PATH": str(ledger),  # examples/sqs_worker's own setting
+            "PAYMENTS_LEDGER_PATH": str(ledger),  # the payment workers' own setting
         }
     )
     env.update(options.worker_environment)
@@ -151,10 +152,10 @@ class _Drill:
             redis_url=self.options.redis_url,
             private_redis=config.restart_redis,
         ) as components:
+            kept = f", logs in {self.options.work_dir}" if self.options.keep_work_dir else ""
             progress.say(
-                f"drill: SQS {components.sqs_endpoint_url}, Redis {components.redis_url}"
-                f"{' (private)' if components.redis is not None else ''}, queue "
-                f"{components.queue_url.rsplit('/', 1)[-1]}, logs in {self.options.work_dir}"
+                f"drill: SQS {components.sqs_endpoint_url}, Redis {components.describe_redis()}, "
+                f"queue {components.queue_url.rsplit('/', 1)[-1]}{kept}"
             )
             create_ledger(self.ledger_path)
             env = _worker_environment(config, self.options, components, self.ledger_path)

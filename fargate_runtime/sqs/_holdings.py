@@ -15,6 +15,7 @@ from ..telemetry import ConsumerMetrics
 from ._inflight import InFlight, MessageState
 from ._receiver import Slots
 from .acks import DeleteBuffer, VisibilityBuffer
+from .events import Events, MessageOutcome
 from .heartbeat import Heartbeat
 from .message import Message
 
@@ -71,9 +72,15 @@ class Holdings:
     """Held messages by id, their slots, their heartbeat, and the buffered calls that end them."""
 
     def __init__(
-        self, client: SQSClient, *, settings: SqsSettings, store: IdempotencyStore | None
+        self,
+        client: SQSClient,
+        *,
+        settings: SqsSettings,
+        store: IdempotencyStore | None,
+        events: Events | None = None,
     ) -> None:
         self.settings = settings
+        self.events = events or Events(None, queue_name=settings.queue_name)
         self.stats = ConsumerStats()
         self.slots = Slots(settings.concurrency)
         self.deletes = DeleteBuffer(
@@ -138,24 +145,25 @@ class Holdings:
             self._held[message.message_id] = item
             self.heartbeat.track(item)
             fresh.append(item)
+            self.events.received(message)
         self.metrics.received.add(len(raw), self.metrics.attributes)
         return fresh
 
-    def delete(self, item: InFlight) -> None:
+    def delete(self, item: InFlight, *, outcome: MessageOutcome) -> None:
         """Queue the delete of a finished message and free its slot."""
         item.state = MessageState.DONE
         self.heartbeat.forget(item)
         self.deletes.delete(item.message_id, receipt_handle=item.message.receipt_handle)
-        self._forget(item)
+        self._forget(item, outcome)
 
-    def back_off(self, item: InFlight, *, seconds: int) -> None:
+    def back_off(self, item: InFlight, *, seconds: int, outcome: MessageOutcome) -> None:
         """Make a message visible again in ``seconds`` (queued) and free its slot."""
         item.state = MessageState.RELEASED
         self.heartbeat.forget(item)
         self.visibility.change(
             item.message_id, receipt_handle=item.message.receipt_handle, timeout_seconds=seconds
         )
-        self._forget(item)
+        self._forget(item, outcome)
 
     async def release_claims(self, items: list[InFlight]) -> None:
         """Delete the claims of ``items`` still ours, so a retry can claim the key at once."""
@@ -172,7 +180,7 @@ class Holdings:
                 extra={"count": len(held), "error": repr(exc)},
             )
 
-    async def release(self, items: list[InFlight]) -> None:
+    async def release(self, items: list[InFlight], *, outcome: MessageOutcome) -> None:
         """Release claims, then make the messages visible at once (not after the timeout)."""
         for item in items:
             item.state = MessageState.RELEASED
@@ -183,12 +191,12 @@ class Holdings:
             [(item.message_id, item.message.receipt_handle, 0) for item in items]
         )
         for item in items:
-            self._forget(item)
+            self._forget(item, outcome)
 
     async def release_on_shutdown(self, items: list[InFlight]) -> None:
         """Release messages that will not run because the process is stopping; count them."""
         started = [item for item in items if item.state is not MessageState.RECEIVED]
-        await self.release(items)
+        await self.release(items, outcome=MessageOutcome.SHUTDOWN)
         self.stats.released_on_shutdown += len(items)
         self.stats.cancelled_at_deadline += len(started)
         self.metrics.released.add(len(items), self.metrics.attributes)
@@ -204,7 +212,7 @@ class Holdings:
         kept: list[InFlight] = []
         for item in self.items():
             if item.completed:
-                self.delete(item)
+                self.delete(item, outcome=MessageOutcome.SUCCEEDED)
             elif item.may_still_run:
                 kept.append(item)
             else:
@@ -223,6 +231,7 @@ class Holdings:
         """Send every queued delete and visibility change and wait for their outcomes."""
         await asyncio.gather(self.deletes.flush(), self.visibility.flush())
 
-    def _forget(self, item: InFlight) -> None:
+    def _forget(self, item: InFlight, outcome: MessageOutcome) -> None:
         if self._held.pop(item.message_id, None) is not None:
             self.slots.give(1)
+            self.events.ended(item.message, outcome)

@@ -22,6 +22,7 @@ from ..telemetry import (
 from ._inflight import InFlight, MessageState
 from .backoff import Retry, clamp_visibility
 from .context import BatchContext, MessageContext
+from .events import MessageOutcome
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
@@ -145,7 +146,7 @@ class Runner:
             for item, _ in keyed:
                 if item.state is MessageState.RECEIVED:
                     self._unrun(item, IdempotencyOutcome.STORE_ERROR)
-                    self._holdings.back_off(item, seconds=self._settings.in_progress_delay_seconds)
+                    self._defer(item)
             return
         metrics = self._metrics
         metrics.store_latency.record(time.perf_counter() - started, metrics.attributes)
@@ -165,7 +166,7 @@ class Runner:
                     "duplicate of completed work deleted",
                     extra={"message_id": item.message_id, "idempotency_key": item.key},
                 )
-                self._holdings.delete(item)
+                self._holdings.delete(item, outcome=MessageOutcome.DUPLICATE)
             elif result.status is ClaimStatus.IN_PROGRESS:
                 self._unrun(item, IdempotencyOutcome.IN_PROGRESS)
                 self._stats.duplicates_in_progress += 1
@@ -174,7 +175,7 @@ class Runner:
                     "key in progress elsewhere; backing off",
                     extra={"message_id": item.message_id, "idempotency_key": item.key},
                 )
-                self._holdings.back_off(item, seconds=self._settings.in_progress_delay_seconds)
+                self._defer(item)
             else:
                 self._unrun(item, IdempotencyOutcome.MISMATCH)
                 self._stats.payload_mismatches += 1
@@ -195,7 +196,9 @@ class Runner:
         self._stats.failed += 1
         self._metrics.failed.add(1, self._metrics.attributes)
         self._holdings.back_off(
-            item, seconds=self._backoff.delay_seconds(item.message.receive_count)
+            item,
+            seconds=self._backoff.delay_seconds(item.message.receive_count),
+            outcome=MessageOutcome.FAILED,
         )
 
     async def _run_group(self, group: list[InFlight]) -> None:
@@ -209,7 +212,7 @@ class Runner:
             if rest and self._lifecycle.shutdown_requested:
                 await self._holdings.release_on_shutdown(rest)
             elif rest:
-                await self._holdings.release(rest)
+                await self._holdings.release(rest, outcome=MessageOutcome.GROUP_FAILED)
                 self._stats.released_after_group_failure += len(rest)
             return
 
@@ -224,7 +227,7 @@ class Runner:
             elif item.state not in (MessageState.RECEIVED, MessageState.DONE):
                 blocked.add(group)
         if rest:
-            await self._holdings.release(rest)
+            await self._holdings.release(rest, outcome=MessageOutcome.GROUP_FAILED)
             self._stats.released_after_group_failure += len(rest)
 
     def _context(self, item: InFlight) -> MessageContext:
@@ -393,11 +396,11 @@ class Runner:
                     "completion refused; message handed back",
                     extra={"message_id": item.message_id, "idempotency_key": item.key},
                 )
-                self._holdings.back_off(item, seconds=self._settings.in_progress_delay_seconds)
+                self._defer(item)
                 return False
         self._stats.succeeded += 1
         self._metrics.succeeded.add(1, self._metrics.attributes)
-        self._holdings.delete(item)
+        self._holdings.delete(item, outcome=MessageOutcome.SUCCEEDED)
         return True
 
     async def _fail(self, item: InFlight, *, delay_seconds: float | None) -> None:
@@ -411,7 +414,13 @@ class Runner:
             seconds = self._backoff.delay_seconds(item.message.receive_count)
         else:
             seconds = clamp_visibility(delay_seconds)
-        self._holdings.back_off(item, seconds=seconds)
+        self._holdings.back_off(item, seconds=seconds, outcome=MessageOutcome.FAILED)
+
+    def _defer(self, item: InFlight) -> None:
+        """Not run now (in progress elsewhere, store down, lease lost): back after the delay."""
+        self._holdings.back_off(
+            item, seconds=self._settings.in_progress_delay_seconds, outcome=MessageOutcome.DEFERRED
+        )
 
 
 def _being_cancelled(exc: BaseException) -> bool:

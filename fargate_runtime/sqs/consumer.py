@@ -40,6 +40,7 @@ from ._receiver import Receiver
 from ._running import Runner
 from .backoff import Backoff
 from .claims import Completer, MessageKeys, body_fingerprint
+from .events import Events
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
     from ..lifecycle import Lifecycle
     from .claims import FingerprintFunction, KeyFunction
     from .context import BatchHandler, Handler
+    from .events import EventHook
     from .settings import SqsSettings
 
 __all__ = ["Consumer", "ConsumerStats"]
@@ -83,6 +85,10 @@ class Consumer:
     Keys are stored in the scope ``key_scope`` (default ``sqs:<queue name>``); the payload
     fingerprint (default: the body's hash) tells a true duplicate from a key reused for other
     data. The claim's lease is the visibility timeout, renewed with it by the heartbeat.
+
+    ``on_event`` is called with a ``ConsumerEvent`` when the consumer is ready and when each
+    message is received, released or settled (``fargate_runtime.sqs.events``);
+    ``await consumer.wait_ready()`` returns once it receives.
     """
 
     def __init__(
@@ -97,6 +103,7 @@ class Consumer:
         key_scope: str | None = None,
         fingerprint: FingerprintFunction = body_fingerprint,
         backoff: Backoff | None = None,
+        on_event: EventHook | None = None,
     ) -> None:
         if (handler is None) == (batch_handler is None):
             raise ConfigurationError("give the Consumer exactly one of handler or batch_handler")
@@ -120,7 +127,10 @@ class Consumer:
         )
         store = idempotency.store if idempotency is not None else None
         self._store = store
-        self._holdings = Holdings(client, settings=settings, store=store)
+        self._events = Events(on_event, queue_name=settings.queue_name)
+        self._holdings = Holdings(client, settings=settings, store=store, events=self._events)
+        self._ready = asyncio.Event()
+        self._ended = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._runner: Runner | None = None
         self._receiver: Receiver | None = None
@@ -144,6 +154,18 @@ class Consumer:
             stats.completion_round_trips = self._completer.round_trips
         return stats
 
+    async def wait_ready(self) -> None:
+        """Return once the consumer receives; raise RuntimeError if its run ended first."""
+        ready = asyncio.ensure_future(self._ready.wait())
+        ended = asyncio.ensure_future(self._ended.wait())
+        try:
+            await asyncio.wait({ready, ended}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+            ended.cancel()
+        if not self._ready.is_set():
+            raise RuntimeError("the consumer stopped before it was ready")
+
     @property
     def receives_in_flight(self) -> int:
         """ReceiveMessage calls on their way right now."""
@@ -158,6 +180,12 @@ class Consumer:
         """The service: consume until shutdown, drain, release what is left, flush."""
         if self._runner is not None:
             raise RuntimeError("a Consumer runs once; build a new one")
+        try:
+            await self._run(lifecycle)
+        finally:
+            self._ended.set()
+
+    async def _run(self, lifecycle: Lifecycle) -> None:
         settings = self.settings
         wait = settings.effective_wait_time_seconds(lifecycle.budget)
         if wait < settings.wait_time_seconds:
@@ -222,6 +250,8 @@ class Consumer:
                 "idempotency": self._idempotency is not None,
             },
         )
+        self._ready.set()
+        self._events.ready()
         try:
             await self._until_shutdown(lifecycle, loops)
             await self._drain(loops)

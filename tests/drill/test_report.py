@@ -13,7 +13,7 @@ from fargate_runtime.drill.components import DeadLetter
 from fargate_runtime.drill.interrupter import IncidentKind
 from fargate_runtime.drill.ledger import ChargeOutcome
 from fargate_runtime.drill.report import JSON_FIELDS, build_report, percentile
-from fargate_runtime.drill.table import render_table
+from fargate_runtime.drill.table import duplicate_summary, render_table
 from fargate_runtime.drill.workers import EndKind
 from tests.drill.builders import charge, event, incident, observations, plan, worker
 
@@ -236,5 +236,30 @@ def test_the_table_shows_the_verdict_figures_and_causes() -> None:
     assert text.startswith("fargate-runtime drill: PASSED (exit 0)")
     for label in ("events sent", "lost", "double charges", "SIGKILLs: overruns", "drain max"):
         assert label in text
-    assert "Duplicate attempts and their causes (hard kill 1)" in text
+    assert "Duplicate attempts (1: 1 explained by a hard kill or a Redis restart):" in text
+    assert "(1 explained by a hard kill or a Redis restart)" in text  # the row says the same
     assert "[explained]" in text
+
+
+def test_the_row_and_the_list_of_causes_use_the_same_counts() -> None:
+    """A crash and an unexplained attempt: the figures row and the list header agree."""
+    seen = observations(
+        [
+            charge(0, pid=101, at=2.0),
+            charge(0, pid=102, at=3.0),
+            charge(1, pid=101, at=2.5),
+            charge(1, pid=103, at=4.0),
+        ],
+        workers=[
+            worker("w1", 101, exited_at=2.6, exit_code=1, end=EndKind.EXITED),
+            worker("w2", 102),
+            worker("w3", 103),
+        ],
+    )
+    report = build_report(seen)
+    text = render_table(report)
+    summary = duplicate_summary(report)
+    assert summary.startswith("0 explained by a hard kill or a Redis restart, 2 not: ")
+    assert f"({summary})" in text
+    assert f"Duplicate attempts (2: {summary}):" in text
+    assert sum(text.count(f"[{mark}]") for mark in ("explained", "NOT EXPLAINED")) == 2
