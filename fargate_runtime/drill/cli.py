@@ -135,6 +135,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         metavar="F",
         help="share of interruptions that are SIGKILL without warning",
     )
+    add(
+        "--misbehave-share",
+        type=_share,
+        default=d.misbehave_share,
+        metavar="F",
+        help="share of events whose first delivery misbehaves past the stop timeout: blocks "
+        "the loop, spins the CPU, swallows cancellation or charges from a thread (the default "
+        "worker; forced exits are counted)",
+    )
     add("--restart-redis", action="store_true", help="restart (a private) Redis half way")
     add(
         "--stop-timeout",
@@ -239,6 +248,7 @@ def config_from_args(args: argparse.Namespace, *, run_id: str) -> DrillConfig:
         out_of_order_share=args.out_of_order_share,
         malformed_share=args.malformed_share,
         hard_kill_share=args.hard_kill_share,
+        misbehave_share=args.misbehave_share,
         restart_redis=args.restart_redis,
         stop_timeout_seconds=args.stop_timeout,
         worker=args.worker,

@@ -45,6 +45,9 @@ class DrillConfig:
     out_of_order_share: float = 0.2
     malformed_share: float = 0.0
     hard_kill_share: float = 0.0
+    # Share of events whose first delivery misbehaves (blocks the loop, spins, swallows
+    # cancellation, or charges from a thread) for longer than the stop timeout.
+    misbehave_share: float = 0.0
     restart_redis: bool = False
     stop_timeout_seconds: float = 10.0
     worker: str = DEFAULT_WORKER
@@ -72,6 +75,7 @@ class DrillConfig:
             "out_of_order_share",
             "malformed_share",
             "hard_kill_share",
+            "misbehave_share",
         ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:

@@ -108,6 +108,15 @@ def _worker_environment(
             "PAYMENTS_LEDGER_PATH": str(ledger),  # the payment workers' own setting
         }
     )
+    if config.misbehave_share > 0:
+        env.update(
+            {
+                "PAYMENTS_MISBEHAVE_SHARE": f"{config.misbehave_share:g}",
+                # Longer than the whole stop timeout: only the runtime can end it in time.
+                "PAYMENTS_MISBEHAVE_SECONDS": f"{config.stop_timeout_seconds + 2:g}",
+                "PAYMENTS_MISBEHAVE_SEED": str(config.seed),
+            }
+        )
     env.update(options.worker_environment)
     return env
 
@@ -223,6 +232,7 @@ class _Drill:
             timed_out=timed_out,
             left_in_queue=self.depth.total,
             skipped_interruptions=interrupter.skipped,
+            misbehave_share=self.config.misbehave_share,
         )
         return DrillRun(build_report(observations), observations, self.ledger_path)
 

@@ -60,6 +60,7 @@ def render_table(report: DrillReport, *, title: str = "") -> str:
             f"({r.interruptions} interruptions + {r.sigterms - r.interruptions} at the end)",
         ),
         ("SIGKILLs: overruns", str(r.overruns), "must be 0"),
+        ("forced exits", str(r.forced_exits), "(exit 70: work the runtime could not stop)"),
         ("SIGKILLs: chaos", str(r.chaos_kills), "(hard kills, no warning)"),
         ("Redis restarts", str(r.redis_restarts), ""),
         ("drain p50", f"{_seconds(r.drain_seconds_p50)} s", "(SIGTERM to exit)"),

@@ -33,6 +33,7 @@ from ..settings import load_settings
 from ..sqs import Consumer, SqsSettings, json_field, open_sqs_client
 from ..supervisor import Runtime, Supervisor
 from .ledger import LEDGER_PATH_ENV, ChargeOutcome, Ledger
+from .misbehaviour import MisbehaviourPlan
 from .payments import PaymentEvent
 
 if TYPE_CHECKING:
@@ -70,6 +71,11 @@ class PaymentsSettings(BaseSettings):
     # How long the "call to the provider" takes.
     handler_delay_seconds: float = Field(default=0.0, ge=0.0, le=3600.0)
     unsafe: Unsafe = Unsafe.NONE
+    # ``drill --misbehave-share``: this share of events misbehaves on its first delivery
+    # (see ``misbehaviour``) for this long, as the seed picks.
+    misbehave_share: float = Field(default=0.0, ge=0.0, le=1.0)
+    misbehave_seconds: float = Field(default=0.0, ge=0.0, le=3600.0)
+    misbehave_seed: int = 0
 
 
 class ChargeHandler:
@@ -79,6 +85,9 @@ class ChargeHandler:
         self._ledger = ledger
         self._delay = settings.handler_delay_seconds
         self._unsafe = settings.unsafe
+        self._misbehaviour = MisbehaviourPlan(
+            settings.misbehave_share, settings.misbehave_seconds, settings.misbehave_seed
+        )
 
     def _downstream_key(self, event: PaymentEvent, context: MessageContext) -> str:
         if self._unsafe is Unsafe.NONE and context.idempotency_key is not None:
@@ -97,7 +106,11 @@ class ChargeHandler:
             idempotency_key=self._downstream_key(event, context),
             fencing_token=context.fencing_token,
         )
-        outcome = await self._ledger.charge(request)
+        kind = self._misbehaviour.pick(event.event_id, receive_count=message.receive_count)
+        if kind is not None:
+            outcome = await self._misbehaviour.charge(kind, self._ledger, request)
+        else:
+            outcome = await self._ledger.charge(request)
         if outcome is ChargeOutcome.REPLAYED:
             logger.info("payment replayed by the provider", extra=fields)
         else:

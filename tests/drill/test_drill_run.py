@@ -113,3 +113,25 @@ def test_a_worker_without_idempotency_double_charges_and_fails(
     assert figures["double_charges"] > 0
     assert figures["duplicate_attempts"] >= figures["double_charges"]
     assert "stable idempotency key" in out
+
+
+@pytest.mark.slow
+def test_misbehaving_handlers_are_survived_with_forced_exits_counted(
+    tmp_path: Path, sqs_endpoint: str, redis_url: str
+) -> None:
+    """Every first delivery blocks, spins, swallows cancellation or charges from a thread for
+    longer than the stop timeout: nothing lost, nothing charged twice, no SIGKILL needed, and
+    the interrupted worker's forced exit (70) is counted."""
+    code, out, figures = drill(
+        tmp_path, sqs_endpoint, redis_url,
+        "--events", "8", "--workers", "2", "--duplicates-share", "0",
+        "--misbehave-share", "1", "--events-per-second", "1",
+        "--first-interrupt", "4", "--interrupt-every", "5,6",
+        "--worker-env", "FARGATE_RUNTIME_SQS_CONCURRENCY=2",
+        timeout=240,
+    )  # fmt: skip
+    assert code == 0, out
+    assert (figures["lost"], figures["double_charges"], figures["overruns"]) == (0, 0, 0)
+    assert figures["charged"] == 8
+    assert figures["forced_exits"] >= 1, out
+    assert "exit 70" in out

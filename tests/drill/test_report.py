@@ -36,6 +36,7 @@ ISSUE_FIELDS = [
     "handler_executions",
     "sigterms",
     "overruns",
+    "forced_exits",
     "chaos_kills",
     "drain_seconds_p50",
     "drain_seconds_p95",
@@ -54,7 +55,7 @@ def clean() -> list[RecordedRequest]:
 
 
 def test_json_has_exactly_the_documented_fields(tmp_path: Path) -> None:
-    """``--json`` writes the issue's 22 fields, in order, and nothing else."""
+    """``--json`` writes the issues' 23 fields, in order, and nothing else."""
     assert list(JSON_FIELDS) == ISSUE_FIELDS
     report = build_report(observations(clean()))
     path = tmp_path / "report.json"
@@ -186,6 +187,28 @@ def test_a_drain_deadline_after_the_charge_is_named_but_not_excused() -> None:
     assert [e.cause for e in report.explanations] == ["drain_deadline"]
     assert report.exit_code == 1
     assert any("exit 75" in note for note in report.notes)
+
+
+def test_a_forced_exit_of_a_drilled_misbehaving_handler_is_excused_with_the_same_key() -> None:
+    """With --misbehave-share, exit 70 after the charge and a retry under the same key: excused;
+    the forced exit is counted and noted."""
+    requests = [*clean(), charge(0, pid=102, at=25.0, outcome=REPLAYED)]
+    workers = [worker("w1", 101, sigterm_at=2.0, exited_at=5.5, exit_code=70), worker("w2", 102)]
+    report = build_report(observations(requests, workers=workers, misbehave_share=0.3))
+    assert [(e.cause, e.excused) for e in report.explanations] == [("forced_exit", True)]
+    assert (report.forced_exits, report.exit_code) == (1, 0)
+    assert any("exit 70" in note for note in report.notes)
+    undrilled = build_report(observations(requests, workers=workers))
+    assert undrilled.exit_code == 1  # without misbehaviour being drilled, it is a failure
+
+
+def test_a_forced_exit_never_excuses_a_retry_under_another_key() -> None:
+    """Another downstream key after a forced exit is a double charge: never excused."""
+    requests = [*clean(), charge(0, pid=102, at=25.0, key="charge:evt-t-000000:other")]
+    workers = [worker("w1", 101, sigterm_at=2.0, exited_at=5.5, exit_code=70), worker("w2", 102)]
+    report = build_report(observations(requests, workers=workers, misbehave_share=0.3))
+    assert [(e.cause, e.excused) for e in report.explanations] == [("forced_exit", False)]
+    assert report.exit_code == 1
 
 
 def test_an_overrun_fails_and_says_sigterm_never_arrived() -> None:
