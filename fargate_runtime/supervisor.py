@@ -28,15 +28,13 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any, TypeVar
 
-from opentelemetry import trace
-
 from . import ecs
 from .errors import ConfigurationError, SignalHandlingError
 from .health import HealthServer
 from .lifecycle import ExitCode, Lifecycle, Phase
 from .logging import configure_logging, set_static
 from .settings import RuntimeSettings, load_settings
-from .telemetry import INSTRUMENTATION_NAME, Telemetry, TelemetrySettings, drain_duration_histogram
+from .telemetry import ShutdownTrace, Telemetry, TelemetrySettings
 
 __all__ = ["Runtime", "Service", "Setup", "Supervisor"]
 
@@ -235,7 +233,7 @@ class _Run:
         self.crashed = False
         self.phase_started = time.monotonic()
         self.identity: ecs.TaskIdentity | None = None
-        self.shutdown_span: trace.Span | None = None
+        self.shutdown_trace: ShutdownTrace | None = None
 
     async def serve(self) -> ExitCode:
         runtime, lifecycle = self.runtime, self.lifecycle
@@ -264,7 +262,10 @@ class _Run:
                 lifecycle=lifecycle,
                 resource_attributes=self.identity.resource_attributes() if self.identity else None,
             )
-            await runtime.enter(telemetry, name="telemetry")
+            # Its whole close share: it closes last but one and flushes with what is left.
+            await runtime.enter(
+                telemetry, name="telemetry", close_timeout_seconds=budget.close_seconds
+            )
             for setup in self.setups:
                 await setup(runtime)
         except ConfigurationError as exc:
@@ -337,8 +338,8 @@ class _Run:
         return asyncio.get_running_loop().call_later(delay, self.cancel_now.set)
 
     async def cancel_stragglers(self, pending: set[asyncio.Task[None]]) -> None:
-        if self.shutdown_span is not None:
-            self.shutdown_span.add_event("drain deadline hit", {"services": len(pending)})
+        if self.shutdown_trace is not None:
+            self.shutdown_trace.deadline_hit(services=len(pending))
         for task in pending:
             logger.warning(
                 "drain deadline hit: cancelling service",
@@ -386,15 +387,11 @@ class _Run:
         previous = self.lifecycle.phase
         self.lifecycle._set_phase(phase)
         if phase is Phase.DRAINING:
-            self.shutdown_span = trace.get_tracer(INSTRUMENTATION_NAME).start_span(
-                "shutdown", attributes={"fargate_runtime.shutdown.reason": str(extra["reason"])}
-            )
-        elif previous is Phase.DRAINING and self.shutdown_span is not None:
+            self.shutdown_trace = ShutdownTrace(str(extra["reason"]))
+        elif previous is Phase.DRAINING and self.shutdown_trace is not None:
             # Drain ends here; the span ends before telemetry is flushed in the closing phase.
-            drain_duration_histogram().record(now - since)
-            self.shutdown_span.add_event(f"phase {phase.value}", {"drain_seconds": now - since})
-            self.shutdown_span.end()
-            self.shutdown_span = None
+            self.shutdown_trace.end(next_phase=phase.value, drain_seconds=now - since)
+            self.shutdown_trace = None
         logger.info(
             "phase %s",
             phase.value,

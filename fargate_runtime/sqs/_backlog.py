@@ -78,6 +78,6 @@ class BacklogSampler:
         except (KeyError, ValueError) as exc:
             logger.warning("backlog answer unreadable", extra={"error": repr(exc)})
             return True
-        self._metrics.backlog_per_task.set(visible, self._metrics.attributes)
+        self._metrics.record_backlog(visible)
         self.samples += 1
         return True

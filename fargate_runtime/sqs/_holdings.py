@@ -1,7 +1,8 @@
 """The messages a consumer holds and the ways one leaves: deleted, backed off or released.
 
 Every held message occupies one concurrency slot from its receive until it leaves; the slot is
-given back the moment its delete or visibility change is queued.
+given back the moment its delete or visibility change is queued. Its span (telemetry on) lives
+exactly as long: started here at the receive, ended here when it leaves.
 """
 
 from __future__ import annotations
@@ -11,7 +12,14 @@ import dataclasses
 import logging
 from typing import TYPE_CHECKING
 
-from ..telemetry import ConsumerMetrics
+from ..telemetry import (
+    ConsumerCounts,
+    ConsumerMetrics,
+    Disposition,
+    ErrorType,
+    MessageSpans,
+    end_message_span,
+)
 from ._inflight import InFlight, MessageState
 from ._receiver import Slots
 from .acks import DeleteBuffer, VisibilityBuffer
@@ -95,7 +103,10 @@ class Holdings:
             extend_below_seconds=settings.heartbeat_after_seconds,
             tick_seconds=settings.heartbeat_tick_seconds,
         )
-        self.metrics = ConsumerMetrics(queue_name=settings.queue_name)
+        # Handlers running now (kept here for the in-flight gauge, read from another thread).
+        self.running = 0
+        self.metrics = ConsumerMetrics(queue_name=settings.queue_name, counts=self)
+        self.spans = MessageSpans(queue_name=settings.queue_name)
         self._store = store
         self._held: dict[str, InFlight] = {}
 
@@ -105,6 +116,18 @@ class Holdings:
     def items(self) -> list[InFlight]:
         """Everything held, in receive order."""
         return list(self._held.values())
+
+    def counts(self) -> ConsumerCounts:
+        """The counts the consumer's metrics report (plain reads: another thread calls this)."""
+        stats = self.stats
+        return ConsumerCounts(
+            received=stats.received,
+            succeeded=stats.succeeded,
+            failed=stats.failed,
+            duplicates=stats.duplicates_completed + stats.duplicates_in_progress,
+            released_on_shutdown=stats.released_on_shutdown,
+            in_flight=self.running,
+        )
 
     def accept(self, raw: list[MessageTypeDef], sent_at: float) -> list[InFlight]:
         """Track what a receive brought; return the messages not already held."""
@@ -120,13 +143,20 @@ class Holdings:
                 held.message.receipt_handle = message.receipt_handle
                 held.visible_until = sent_at + visibility
                 self.stats.redelivered_while_held += 1
+                if held.span is not None:
+                    held.span.add_event("redelivered while held")
                 self.slots.give(1)
                 continue
             item = InFlight.received(message, sent_at=sent_at, visibility_seconds=visibility)
+            traceparent = message.attributes.get("traceparent")
+            item.span = self.spans.start(
+                message_id=message.message_id,
+                traceparent=traceparent if isinstance(traceparent, str) else None,
+                aws_trace_header=message.trace_header,
+            )
             self._held[message.message_id] = item
             self.heartbeat.track(item)
             fresh.append(item)
-        self.metrics.received.add(len(raw), self.metrics.attributes)
         return fresh
 
     def delete(self, item: InFlight) -> None:
@@ -134,7 +164,7 @@ class Holdings:
         item.state = MessageState.DONE
         self.heartbeat.forget(item)
         self.deletes.delete(item.message_id, receipt_handle=item.message.receipt_handle)
-        self._forget(item)
+        self._forget(item, Disposition.DELETED)
 
     def back_off(self, item: InFlight, *, seconds: int) -> None:
         """Make a message visible again in ``seconds`` (queued) and free its slot."""
@@ -143,7 +173,7 @@ class Holdings:
         self.visibility.change(
             item.message_id, receipt_handle=item.message.receipt_handle, timeout_seconds=seconds
         )
-        self._forget(item)
+        self._forget(item, Disposition.BACKED_OFF)
 
     async def release_claims(self, items: list[InFlight]) -> None:
         """Delete the claims of ``items`` still ours, so a retry can claim the key at once."""
@@ -171,15 +201,16 @@ class Holdings:
             [(item.message_id, item.message.receipt_handle, 0) for item in items]
         )
         for item in items:
-            self._forget(item)
+            self._forget(item, Disposition.RELEASED)
 
     async def release_on_shutdown(self, items: list[InFlight]) -> None:
         """Release messages that will not run because the process is stopping; count them."""
         started = [item for item in items if item.state is not MessageState.RECEIVED]
+        for item in started:
+            item.fail(ErrorType.DRAIN_DEADLINE)  # cut while running (or settling)
         await self.release(items)
         self.stats.released_on_shutdown += len(items)
         self.stats.cancelled_at_deadline += len(started)
-        self.metrics.released.add(len(items), self.metrics.attributes)
 
     async def settle_leftovers(self) -> None:
         """At the very end: delete what finished, release everything else at once."""
@@ -197,9 +228,10 @@ class Holdings:
         """Send every queued delete and visibility change and wait for their outcomes."""
         await asyncio.gather(self.deletes.flush(), self.visibility.flush())
 
-    def _forget(self, item: InFlight) -> None:
+    def _forget(self, item: InFlight, disposition: Disposition) -> None:
         if self._held.pop(item.message_id, None) is not None:
             self.slots.give(1)
+            end_message_span(item.span, disposition)
 
 
 def _completed(item: InFlight) -> bool:

@@ -128,7 +128,7 @@ class Heartbeat:
                     self._tracked.pop(item.message_id, None)
                     logger.warning(
                         "visibility lost while handling",
-                        extra={"message_id": item.message_id},
+                        extra=item.log_fields(),
                     )
 
     def _extension_for(self, item: InFlight, now: float) -> int | None:
@@ -141,7 +141,7 @@ class Heartbeat:
                 item.capped = True
                 logger.warning(
                     "message reached the 12 h visibility limit; it will become visible again",
-                    extra={"message_id": item.message_id, "held_seconds": round(elapsed)},
+                    extra={**item.log_fields(), "held_seconds": round(elapsed)},
                 )
             return None
         return seconds
@@ -167,7 +167,7 @@ class Heartbeat:
                 item.lease_lost = True
                 logger.warning(
                     "idempotency lease lost while handling",
-                    extra={"message_id": item.message_id, "key": item.key},
+                    extra={**item.log_fields(), "key": item.key},
                 )
 
     async def stop(self, task: asyncio.Task[None]) -> None:

@@ -23,6 +23,7 @@ from fargate_runtime.idempotency import (
 from fargate_runtime.sqs import Consumer, Message, MessageContext, SqsSettings, json_field
 from fargate_runtime.sqs._backlog import BacklogSampler
 from fargate_runtime.telemetry import (
+    DISPOSITION_ATTRIBUTE,
     IDEMPOTENCY_OUTCOME_ATTRIBUTE,
     ConsumerMetrics,
     inject_sqs_attributes,
@@ -144,7 +145,11 @@ async def test_handler_runs_in_a_consumer_span_child_of_the_producer_span(
         "messaging.operation.name": "process",
         "messaging.message.id": message_id,
         IDEMPOTENCY_OUTCOME_ATTRIBUTE: "claimed",
+        DISPOSITION_ATTRIBUTE: "deleted",
     }
+    assert span.status.status_code is trace.StatusCode.UNSET
+    # Linked to the producer too, as the messaging conventions recommend.
+    assert [link.context.span_id for link in span.links] == [producer.get_span_context().span_id]
     (line,) = json_lines.with_message("charging")
     assert line["trace_id"] == f"{span.context.trace_id:032x}"
     assert line["span_id"] == f"{span.context.span_id:016x}"
