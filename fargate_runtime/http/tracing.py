@@ -207,4 +207,3 @@ def _match(scope: Scope) -> Route | None:
         if match is Match.PARTIAL and partial is None:
             partial = candidate  # the path matches, not the method: still its route
     return partial
-

@@ -322,6 +322,9 @@ class Runner:
             failures = context.failures
         finally:
             self._batch_ended(items, span, began, error)
+        for item in items:
+            if item.message_id in failures:
+                item.fail(ErrorType.BATCH_ITEM_FAILED)  # unless the whole batch raised
         await asyncio.gather(
             *(
                 self._fail(item, delay_seconds=failures[item.message_id])
@@ -330,9 +333,6 @@ class Runner:
                 for item in items
             )
         )
-        for item in items:
-            if item.message_id in failures and error is None:
-                item.fail(ErrorType.BATCH_ITEM_FAILED)
 
     def _batch_ended(
         self,

@@ -150,16 +150,18 @@ class Telemetry:
         logger.warning("telemetry not delivered: %s", what, extra=extra)
 
     def _flush_seconds(self) -> float:
-        """What is left of the close share, less a reserve for what closes after and the exit."""
+        """At most the close share, and never past the close deadline; less a reserve for what
+        closes after telemetry (the health endpoint) and the exit itself."""
         lifecycle = self._lifecycle
         if lifecycle is None:
             return _UNSUPERVISED_FLUSH_SECONDS
         budget = lifecycle.budget
         reserve = min(_RESERVE_SECONDS, budget.close_seconds / 4)
+        seconds = budget.close_seconds - reserve
         deadlines = lifecycle.deadlines
-        if deadlines is None:  # closing without a shutdown request: a job done, a failed setup
-            return budget.close_seconds - reserve
-        return max(0.0, deadlines.close - lifecycle.now() - reserve)
+        if deadlines is not None:  # None: closing with no shutdown request (a job done)
+            seconds = min(seconds, deadlines.close - lifecycle.now() - reserve)
+        return max(0.0, seconds)
 
     def _export_timeout_seconds(self) -> float | None:
         """Each OTLP request (retries included) within the close share, so the last one fits."""

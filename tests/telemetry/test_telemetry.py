@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import aioboto3
 from opentelemetry import trace
 
-from fargate_runtime.logging import configure_logging
+from fargate_runtime.logging import bind_log_context, configure_logging, log_context_of
 from fargate_runtime.telemetry import (
     SQS_ATTRIBUTE_LIMIT,
     extract_sqs_context,
@@ -182,3 +182,36 @@ async def test_shutdown_is_traced_and_drain_duration_recorded(recorded: Recorded
         for metric in scope.metrics
     }
     assert "fargate_runtime.shutdown.drain.duration" in names
+
+
+def test_an_exception_takes_its_log_context_to_where_it_is_logged(recorded: Recorded) -> None:
+    """A line logged about an exception outside its block still names the block's ids."""
+    buffer = io.StringIO()
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    configure_logging(stream=buffer)
+    caught: BaseException | None = None
+
+    def fail() -> None:
+        raise KeyError("gone")
+
+    try:
+        with TRACER.start_as_current_span("request") as span:
+            try:
+                with bind_log_context(request_id="outer"), bind_log_context(attempt=2):
+                    fail()
+            except KeyError as exc:
+                caught = exc
+        logging.getLogger("server").error("Exception in application", exc_info=caught)
+        logging.getLogger("server").info("unrelated")
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    failed, unrelated = (json.loads(line) for line in buffer.getvalue().splitlines())
+    assert failed["request_id"] == "outer"
+    assert failed["attempt"] == 2  # the innermost block's fields, the most complete, won
+    assert failed["trace_id"] == f"{span.get_span_context().trace_id:032x}"
+    assert failed["span_id"] == f"{span.get_span_context().span_id:016x}"
+    assert "KeyError: 'gone'" in failed["exception"]
+    assert "request_id" not in unrelated
+    assert log_context_of(caught)["request_id"] == "outer"
