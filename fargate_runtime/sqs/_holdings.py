@@ -19,6 +19,7 @@ from ..telemetry import (
     ErrorType,
     MessageSpans,
     end_message_span,
+    tracing_enabled,
 )
 from ._inflight import InFlight, MessageState
 from ._receiver import Slots
@@ -132,6 +133,8 @@ class Holdings:
     def accept(self, raw: list[MessageTypeDef], sent_at: float) -> list[InFlight]:
         """Track what a receive brought; return the messages not already held."""
         visibility = self.settings.visibility_timeout_seconds
+        # Asked once per receive: with telemetry off a message costs no span work at all.
+        spans = self.spans if tracing_enabled() else None
         fresh: list[InFlight] = []
         for entry in raw:
             message = Message.from_response(entry)
@@ -148,12 +151,13 @@ class Holdings:
                 self.slots.give(1)
                 continue
             item = InFlight.received(message, sent_at=sent_at, visibility_seconds=visibility)
-            traceparent = message.attributes.get("traceparent")
-            item.span = self.spans.start(
-                message_id=message.message_id,
-                traceparent=traceparent if isinstance(traceparent, str) else None,
-                aws_trace_header=message.trace_header,
-            )
+            if spans is not None:
+                traceparent = message.attributes.get("traceparent")
+                item.span = spans.start(
+                    message_id=message.message_id,
+                    traceparent=traceparent if isinstance(traceparent, str) else None,
+                    aws_trace_header=message.trace_header,
+                )
             self._held[message.message_id] = item
             self.heartbeat.track(item)
             fresh.append(item)
@@ -231,7 +235,8 @@ class Holdings:
     def _forget(self, item: InFlight, disposition: Disposition) -> None:
         if self._held.pop(item.message_id, None) is not None:
             self.slots.give(1)
-            end_message_span(item.span, disposition)
+            if item.span is not None:
+                end_message_span(item.span, disposition)
 
 
 def _completed(item: InFlight) -> bool:

@@ -122,7 +122,7 @@ class Runner:
         self._metrics.record_store(time.perf_counter() - started)
         late: list[InFlight] = []
         for (item, request), result in zip(keyed, results, strict=True):
-            if item.state is MessageState.RECEIVED or result.status is ClaimStatus.ACQUIRED:
+            if item.span is not None:
                 mark_idempotency_outcome(_OUTCOMES[result.status], item.span)
             if result.status is ClaimStatus.ACQUIRED and result.token is not None:
                 item.held = Held(request.key, result.token)
@@ -147,7 +147,8 @@ class Runner:
         """The claim round trip failed: run unclaimed (fail open), or hand everything back."""
         self._stats.store_errors += len(items)
         for item in items:
-            mark_idempotency_outcome(IdempotencyOutcome.STORE_ERROR, item.span)
+            if item.span is not None:
+                mark_idempotency_outcome(IdempotencyOutcome.STORE_ERROR, item.span)
         if policy is FailurePolicy.OPEN:
             # The user chose availability over safety: run without claims (no token).
             logger.error(
