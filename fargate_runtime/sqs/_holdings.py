@@ -167,7 +167,9 @@ class Holdings:
         """Queue the delete of a finished message and free its slot."""
         item.state = MessageState.DONE
         self.heartbeat.forget(item)
-        self.deletes.delete(item.message_id, receipt_handle=item.message.receipt_handle)
+        self.deletes.delete(
+            item.message_id, receipt_handle=item.message.receipt_handle, log_fields=item.log_fields
+        )
         self._forget(item, Disposition.DELETED)
 
     def back_off(self, item: InFlight, *, seconds: int) -> None:
@@ -175,7 +177,10 @@ class Holdings:
         item.state = MessageState.RELEASED
         self.heartbeat.forget(item)
         self.visibility.change(
-            item.message_id, receipt_handle=item.message.receipt_handle, timeout_seconds=seconds
+            item.message_id,
+            receipt_handle=item.message.receipt_handle,
+            timeout_seconds=seconds,
+            log_fields=item.log_fields,
         )
         self._forget(item, Disposition.BACKED_OFF)
 
@@ -202,7 +207,8 @@ class Holdings:
         # Claims first: when the message shows up again, its key must be free.
         await self.release_claims(items)
         await self.visibility.change_now(
-            [(item.message_id, item.message.receipt_handle, 0) for item in items]
+            [(item.message_id, item.message.receipt_handle, 0) for item in items],
+            log_fields={item.message_id: item.log_fields for item in items},
         )
         for item in items:
             self._forget(item, Disposition.RELEASED)

@@ -115,7 +115,8 @@ class Heartbeat:
             if not extend:
                 return
             visibility = self._visibility.change_now(
-                [(item.message_id, item.message.receipt_handle, s) for item, s in extend]
+                [(item.message_id, item.message.receipt_handle, s) for item, s in extend],
+                log_fields={item.message_id: item.log_fields for item, _ in extend},
             )
             outcomes, _ = await asyncio.gather(visibility, self._renew([i for i, _ in extend]))
             for (item, seconds), outcome in zip(extend, outcomes, strict=True):

@@ -16,11 +16,13 @@ from opentelemetry import trace
 from fargate_runtime.errors import MalformedMessageError
 from fargate_runtime.idempotency import ClaimRequest, Idempotency, fingerprint
 from fargate_runtime.sqs import (
+    AckOutcome,
     BatchContext,
     Consumer,
     Message,
     MessageContext,
 )
+from fargate_runtime.sqs.acks import DeleteBuffer
 from fargate_runtime.telemetry import (
     DISPOSITION_ATTRIBUTE,
     HANDLER_BUCKETS_SECONDS,
@@ -269,3 +271,18 @@ async def test_a_batch_handler_runs_in_a_span_linking_its_messages(
     assert {batch.context.span_id for batch in batches} == {c.span_id for c in logged}
     assert error_type(spans[ids[0]]) == "batch_item_failed"
     assert [error_type(spans[i]) for i in ids[1:]] == [None, None]
+
+
+async def test_a_delete_given_up_is_logged_with_its_messages_ids(
+    json_lines: JsonLines, sqs: SQSClient, queue: str
+) -> None:
+    """An ack that fails for good names the message the way its other lines do."""
+    fields = {"message_id": "m1", "trace_id": "ab" * 16, "span_id": "cd" * 8}
+    buffer = DeleteBuffer(
+        sqs, queue_url=queue + "-missing", flush_interval_seconds=0.01, attempts=1
+    )
+    future = buffer.delete("m1", receipt_handle="handle", log_fields=lambda: fields)
+    await buffer.flush()
+    assert await future is AckOutcome.GAVE_UP
+    (line,) = json_lines.with_message("sqs delete given up")
+    assert {key: line[key] for key in fields} == fields

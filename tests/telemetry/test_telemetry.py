@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+import bisect
 import io
 import json
 import logging
 import subprocess
 import sys
+import threading
 import uuid
 from typing import TYPE_CHECKING
 
 import aioboto3
 from opentelemetry import trace
+from opentelemetry.sdk.metrics.export import HistogramDataPoint
 
 from fargate_runtime.logging import bind_log_context, configure_logging, log_context_of
 from fargate_runtime.telemetry import (
+    LOOP_LAG_BUCKETS_SECONDS,
     SQS_ATTRIBUTE_LIMIT,
     extract_sqs_context,
     inject_sqs_attributes,
     parse_aws_trace_header,
     process_span,
+    record_event_loop_lag,
 )
 
 if TYPE_CHECKING:
@@ -215,3 +220,15 @@ def test_an_exception_takes_its_log_context_to_where_it_is_logged(recorded: Reco
     assert "KeyError: 'gone'" in failed["exception"]
     assert "request_id" not in unrelated
     assert log_context_of(caught)["request_id"] == "outer"
+
+
+def test_event_loop_lag_lands_in_its_seconds_histogram(recorded: Recorded) -> None:
+    """A lag sample recorded from another thread lands in the loop-lag histogram's bucket."""
+    thread = threading.Thread(target=record_event_loop_lag, args=(0.3,))
+    thread.start()
+    thread.join()
+    (point,) = recorded.points("fargate_runtime.event_loop.lag")
+    assert isinstance(point, HistogramDataPoint)
+    assert list(point.explicit_bounds) == list(LOOP_LAG_BUCKETS_SECONDS)
+    assert point.count >= 1
+    assert point.bucket_counts[bisect.bisect_left(LOOP_LAG_BUCKETS_SECONDS, 0.3)] >= 1
