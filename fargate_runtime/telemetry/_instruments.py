@@ -25,7 +25,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from ._core import ERROR_TYPE_ATTRIBUTE, INSTRUMENTATION_NAME
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Iterable, Mapping, Sequence
 
 __all__ = [
     "CONVENTION_BUCKETS_SECONDS",
@@ -38,6 +38,7 @@ __all__ = [
     "CountsSource",
     "http_server_duration",
     "record_event_loop_lag",
+    "seconds_histogram",
 ]
 
 # The messaging and HTTP conventions' advisory boundaries for operation durations.
@@ -172,23 +173,18 @@ class ConsumerMetrics:
         self._attributes = {**_SYSTEM, "messaging.destination.name": queue_name}
         self._process = {**self._attributes, "messaging.operation.name": "process"}
         self._process_failed: dict[str, Mapping[str, str]] = {}
-        self._handler_duration = meter.create_histogram(
-            "messaging.process.duration",
-            unit="s",
-            description="handler duration",
-            explicit_bucket_boundaries_advisory=HANDLER_BUCKETS_SECONDS,
+        self._handler_duration = seconds_histogram(
+            "messaging.process.duration", "handler duration", HANDLER_BUCKETS_SECONDS
         )
-        self._store_duration = meter.create_histogram(
+        self._store_duration = seconds_histogram(
             "fargate_runtime.idempotency.store.duration",
-            unit="s",
-            description="idempotency store round trip (a batch claim)",
-            explicit_bucket_boundaries_advisory=STORE_BUCKETS_SECONDS,
+            "idempotency store round trip (a batch claim)",
+            STORE_BUCKETS_SECONDS,
         )
-        self._drain_duration = meter.create_histogram(
+        self._drain_duration = seconds_histogram(
             "fargate_runtime.sqs.drain.duration",
-            unit="s",
-            description="from the shutdown request until this consumer's handlers were done",
-            explicit_bucket_boundaries_advisory=SHUTDOWN_BUCKETS_SECONDS,
+            "from the shutdown request until this consumer's handlers were done",
+            SHUTDOWN_BUCKETS_SECONDS,
         )
         self._backlog = meter.create_gauge(
             "fargate_runtime.sqs.backlog_per_task",
@@ -233,13 +229,21 @@ class ConsumerMetrics:
         self._backlog.set(visible, self._attributes)
 
 
+def seconds_histogram(
+    name: str, description: str, boundaries: Sequence[float]
+) -> metrics.Histogram:
+    """A duration histogram in seconds with explicit bucket ``boundaries``, from our meter."""
+    return metrics.get_meter(INSTRUMENTATION_NAME).create_histogram(
+        name, unit="s", description=description, explicit_bucket_boundaries_advisory=boundaries
+    )
+
+
 @functools.cache
 def _loop_lag() -> metrics.Histogram:
-    return metrics.get_meter(INSTRUMENTATION_NAME).create_histogram(
+    return seconds_histogram(
         "fargate_runtime.event_loop.lag",
-        unit="s",
-        description="how late the event loop ran a callback scheduled to run at once",
-        explicit_bucket_boundaries_advisory=LOOP_LAG_BUCKETS_SECONDS,
+        "how late the event loop ran a callback scheduled to run at once",
+        LOOP_LAG_BUCKETS_SECONDS,
     )
 
 
@@ -251,9 +255,8 @@ def record_event_loop_lag(seconds: float) -> None:
 @functools.cache
 def http_server_duration() -> metrics.Histogram:
     """``http.server.request.duration``, the HTTP conventions' request histogram."""
-    return metrics.get_meter(INSTRUMENTATION_NAME).create_histogram(
+    return seconds_histogram(
         "http.server.request.duration",
-        unit="s",
-        description="duration of HTTP server requests",
-        explicit_bucket_boundaries_advisory=CONVENTION_BUCKETS_SECONDS,
+        "duration of HTTP server requests",
+        CONVENTION_BUCKETS_SECONDS,
     )

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from opentelemetry import metrics
 from opentelemetry.context import Context
 
-from ._core import ERROR_TYPE_ATTRIBUTE, INSTRUMENTATION_NAME, TRACER, ErrorType
-from ._instruments import SHUTDOWN_BUCKETS_SECONDS
+from ._core import ERROR_TYPE_ATTRIBUTE, TRACER, ErrorType
+from ._instruments import SHUTDOWN_BUCKETS_SECONDS, seconds_histogram
+
+if TYPE_CHECKING:
+    from opentelemetry import metrics
 
 __all__ = ["SHUTDOWN_REASON_ATTRIBUTE", "ShutdownTrace"]
 
@@ -25,11 +27,10 @@ SHUTDOWN_REASON_ATTRIBUTE: Final = "fargate_runtime.shutdown.reason"
 
 @functools.cache
 def _drain_duration() -> metrics.Histogram:
-    return metrics.get_meter(INSTRUMENTATION_NAME).create_histogram(
+    return seconds_histogram(
         "fargate_runtime.shutdown.drain.duration",
-        unit="s",
-        description="from the first signal to the end of the drain",
-        explicit_bucket_boundaries_advisory=SHUTDOWN_BUCKETS_SECONDS,
+        "from the first signal to the end of the drain",
+        SHUTDOWN_BUCKETS_SECONDS,
     )
 
 

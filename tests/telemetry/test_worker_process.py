@@ -41,7 +41,7 @@ CLOSE_SECONDS = 3.0
 
 @pytest.fixture
 def sync_sqs(sqs_endpoint: str) -> Any:
-    """A plain (blocking) botocore client: these tests block on the child's output anyway."""
+    """A plain (blocking) botocore client: the test blocks on the child's output anyway."""
     return botocore.session.get_session().create_client(
         "sqs", endpoint_url=sqs_endpoint, region_name="us-east-1"
     )
