@@ -104,7 +104,7 @@ class TracingMiddleware:
 class _Request:
     """What is known of one request: its attributes as they arrive, its status, its error."""
 
-    __slots__ = ("error_type", "method", "root_path", "scope", "status")
+    __slots__ = ("error_type", "method", "raised", "root_path", "scope", "status")
 
     def __init__(self, scope: Scope) -> None:
         self.scope = scope
@@ -114,6 +114,8 @@ class _Request:
         self.method = method if method in _KNOWN_METHODS else None
         self.status: int | None = None
         self.error_type: str | None = None
+        # An exception the span recorded itself (event, ERROR status with its message).
+        self.raised = False
 
     def start_span(self) -> trace.Span:
         scope = self.scope
@@ -134,6 +136,7 @@ class _Request:
 
     def failed(self, exc: BaseException, *, status: int | None) -> None:
         self.error_type = error_type_of(exc)
+        self.raised = isinstance(exc, Exception)
         if self.status is None:
             self.status = status
 
@@ -163,7 +166,8 @@ class _Request:
                 span.set_attribute("http.response.status_code", status)
             if error_type is not None:
                 span.set_attribute(ERROR_TYPE_ATTRIBUTE, error_type)
-                span.set_status(Status(StatusCode.ERROR))
+                if not self.raised:  # else use_span set it, with the exception's message
+                    span.set_status(Status(StatusCode.ERROR))
             span.end()
         return attributes
 

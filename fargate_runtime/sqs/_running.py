@@ -18,7 +18,13 @@ from opentelemetry import trace
 from ..errors import IdempotencyKeyError, MalformedMessageError
 from ..idempotency import ClaimRequest, ClaimStatus, FailurePolicy, Held
 from ..logging import bind_log_context, span_log_fields
-from ..telemetry import ErrorType, IdempotencyOutcome, mark_error, mark_idempotency_outcome
+from ..telemetry import (
+    ErrorType,
+    IdempotencyOutcome,
+    error_type_of,
+    mark_error,
+    mark_idempotency_outcome,
+)
 from ._inflight import InFlight, MessageState
 from .backoff import Retry, clamp_visibility
 from .context import BatchContext, MessageContext
@@ -350,7 +356,7 @@ class Runner:
             mark_error(span, failure, record=_unexpected(error))
             for item in items:
                 item.fail(failure)
-            error_type = items[0].error_type
+            error_type = error_type_of(failure)
         if span is not None:
             span.end()
         self._metrics.record_handler(time.perf_counter() - began, error_type=error_type)

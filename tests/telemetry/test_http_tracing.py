@@ -244,6 +244,7 @@ async def test_app_exception_is_a_500_everywhere_it_is_told(
     assert response.status_code == 500
     (span,) = server_spans(recorded)
     assert span.status.status_code is trace.StatusCode.ERROR
+    assert span.status.description == "LookupError: no such ledger"
     assert span.attributes is not None
     assert span.attributes["error.type"] == "LookupError"
     assert span.attributes["http.route"] == "/broken"
