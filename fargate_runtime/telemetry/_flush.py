@@ -6,7 +6,7 @@ waits for its own timeout and retries while a collector refuses connections or n
 throughout, then exit 0 and ECS's SIGKILL). Nothing in the SDK bounds that from outside, so::
 
     close starts ─▶ spans and metrics shut down side by side, each in a daemon thread
-                    (the SDK's warnings meanwhile are held back, not printed)
+                    (the SDK's warnings meanwhile are held back, not printed: _sdk_logs.py)
     both done   ─▶ "telemetry flushed", or one warning naming the endpoint if exports failed
     `seconds` up ─▶ one warning naming the endpoint; the threads are abandoned: daemon threads
                     never hold the process at exit, and the providers have no atexit hook
@@ -19,19 +19,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ._sdk_logs import holding_sdk_lines
+
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Mapping
+    from collections.abc import Callable, Mapping
 
 __all__ = ["FlushReport", "shut_down"]
-
-# The SDK's loggers all live under this name (opentelemetry.sdk.*, opentelemetry.exporter.*).
-_SDK_LOGGER = "opentelemetry"
 
 
 @dataclass(slots=True)
@@ -48,44 +46,6 @@ class FlushReport:
     def clean(self) -> bool:
         """Everything shut down in time, and the SDK reported no failed export."""
         return not self.abandoned and not self.failed and self.sdk_lines == 0
-
-
-class _Held(logging.Handler):
-    """Counts the SDK's warnings and errors and keeps the last one, instead of printing them."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.count = 0
-        self.last: str | None = None
-        # Set when a step was still running at the bound: its late lines stay held.
-        self.abandoned = False
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.count += 1
-        try:
-            self.last = record.getMessage()
-        except Exception:  # noqa: BLE001 - a malformed SDK record must not break the count
-            self.last = str(record.msg)
-
-
-@contextlib.contextmanager
-def _holding_sdk_lines() -> Iterator[_Held]:
-    """Hold the SDK's log lines back for the block; keep holding them if work was abandoned.
-
-    A thread abandoned at the bound goes on retrying and logging until the process ends; those
-    late lines are about an export already given up and reported, so they stay held.
-    """
-    sdk = logging.getLogger(_SDK_LOGGER)
-    held = _Held()
-    previous = sdk.propagate
-    sdk.addHandler(held)
-    sdk.propagate = False
-    try:
-        yield held
-    finally:
-        if not held.abandoned:
-            sdk.removeHandler(held)
-            sdk.propagate = previous
 
 
 def _in_daemon_thread(
@@ -120,7 +80,7 @@ async def shut_down(steps: Mapping[str, Callable[[], object]], *, seconds: float
     """
     loop = asyncio.get_running_loop()
     started = time.monotonic()
-    with _holding_sdk_lines() as held:
+    with holding_sdk_lines() as held:
         futures = {
             name: _in_daemon_thread(loop, step, name=f"fargate-runtime-telemetry-{name}")
             for name, step in steps.items()

@@ -18,6 +18,7 @@ from opentelemetry import metrics, trace
 from ..settings import ENV_PREFIX
 from ._core import metrics_enabled, tracing_enabled
 from ._flush import FlushReport, shut_down
+from ._sdk_logs import RateLimitedLines
 from ._settings import redacted_endpoint
 
 if TYPE_CHECKING:
@@ -77,6 +78,7 @@ class Telemetry:
         self._endpoint = redacted_endpoint(endpoint) if endpoint else None
         # What the last close did (None before one): for tests and embedders.
         self.last_flush: FlushReport | None = None
+        self._sdk_lines = RateLimitedLines()
 
     @property
     def enabled(self) -> bool:
@@ -95,6 +97,7 @@ class Telemetry:
                 )
             return self
         self._installed = self._install()
+        self._sdk_lines.install()
         logger.info(
             "telemetry on",
             extra={
@@ -121,6 +124,7 @@ class Telemetry:
             meter_provider = installed.meter_provider
             steps["metrics"] = lambda: meter_provider.shutdown(timeout_millis=seconds * 1000)
         report = self.last_flush = await shut_down(steps, seconds=seconds)
+        self._sdk_lines.uninstall()  # (an abandoned flush keeps holding them instead)
         self._log(report, bound_seconds=seconds)
 
     def _log(self, report: FlushReport, *, bound_seconds: float) -> None:

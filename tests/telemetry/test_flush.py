@@ -25,6 +25,7 @@ from fargate_runtime import ConfigurationError, Lifecycle, RuntimeSettings, load
 from fargate_runtime.telemetry import SHUTDOWN_REASON_ATTRIBUTE, Telemetry, TelemetrySettings
 from fargate_runtime.telemetry._flush import shut_down
 from fargate_runtime.telemetry._sampling import RuntimeSampler
+from fargate_runtime.telemetry._sdk_logs import RateLimitedLines
 from fargate_runtime.telemetry._settings import redacted_endpoint
 from tests.telemetry.collector import HangingCollector, RecordingCollector, RefusingCollector
 
@@ -93,6 +94,7 @@ async def test_a_hung_collector_costs_the_bound_and_never_blocks_the_loop(
     assert not report.clean
     assert BOUND_SECONDS <= elapsed < BOUND_SECONDS + 0.5
     # The SDK's own complaints were held back, and stay held while its threads linger.
+    assert [type(handler).__name__ for handler in sdk_logger.handlers] == ["HeldLines"]
     assert sdk_logger.propagate is False
 
 
@@ -112,6 +114,7 @@ async def test_failed_exports_inside_the_bound_are_reported_not_printed(
     sdk_logger: logging.Logger, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Exports that fail fast end the flush early; the SDK's lines become one report."""
+    before = (list(sdk_logger.handlers), sdk_logger.propagate)
     with RefusingCollector() as collector, caplog.at_level(logging.WARNING):
         steps = exporting_to(collector.endpoint, timeout_seconds=0.2)
         report = await shut_down(steps, seconds=5.0)
@@ -121,8 +124,8 @@ async def test_failed_exports_inside_the_bound_are_reported_not_printed(
     assert "export" in report.last_sdk_line.lower()
     assert not report.clean
     assert [r for r in caplog.records if r.name.startswith("opentelemetry")] == []
-    # Nothing abandoned: the SDK's lines are printed again from now on.
-    assert sdk_logger.propagate is True
+    # Nothing abandoned: the SDK's lines go where they went before.
+    assert (sdk_logger.handlers, sdk_logger.propagate) == before
 
 
 async def test_a_working_collector_gets_everything(sdk_logger: logging.Logger) -> None:
@@ -187,3 +190,30 @@ async def test_an_endpoint_with_telemetry_off_warns_once(
     (record,) = [r for r in caplog.records if r.name == "fargate_runtime.telemetry"]
     assert record.levelno == logging.WARNING
     assert "FARGATE_RUNTIME_TELEMETRY_ENABLED=true" in record.getMessage()
+
+
+def test_the_sdks_lines_are_let_through_once_a_minute_per_kind(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A flood of one SDK line becomes one line a minute, counting those held back."""
+    now = [0.0]
+    lines = RateLimitedLines(window_seconds=60, clock=lambda: now[0])
+    sdk = logging.getLogger("opentelemetry.sdk._shared_internal")
+
+    def emit(message: str) -> None:
+        lines.handle(
+            sdk.makeRecord(sdk.name, logging.WARNING, __file__, 1, message, ("span",), None)
+        )
+
+    with caplog.at_level(logging.WARNING):
+        for _ in range(500):
+            emit("Queue full, dropping %s.")
+        emit("Exception while exporting %s.")  # another kind: let through
+        now[0] += 61
+        emit("Queue full, dropping %s.")
+    passed = [(r.getMessage(), getattr(r, "suppressed_lines", 0)) for r in caplog.records]
+    assert passed == [
+        ("Queue full, dropping span.", 0),
+        ("Exception while exporting span.", 0),
+        ("Queue full, dropping span.", 499),
+    ]
