@@ -74,6 +74,8 @@ def remember_log_context(exc: BaseException) -> None:
     """Keep the current correlation fields (and span ids) on ``exc``, for where it is logged.
 
     The innermost block's fields, the most complete, win over those of blocks it leaves later.
+    (An exception instance raised again later, a module-level singleton, keeps its first
+    fields: raising one instance twice is rare, and Python grows its traceback each time.)
     """
     if _EXCEPTION_FIELDS in getattr(exc, "__dict__", {}):
         return
