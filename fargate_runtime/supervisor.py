@@ -34,7 +34,8 @@ from .health import HealthServer
 from .lifecycle import ExitCode, Lifecycle, Phase
 from .logging import configure_logging, set_static
 from .settings import RuntimeSettings, load_settings
-from .telemetry import ShutdownTrace, Telemetry, TelemetrySettings
+from .telemetry import Telemetry, TelemetrySettings
+from .telemetry._shutdown import ShutdownTrace
 
 __all__ = ["Runtime", "Service", "Setup", "Supervisor"]
 

@@ -26,14 +26,9 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.routing import Match, Route
 
 from ..logging import remember_log_context
-from ..telemetry import (
-    ERROR_TYPE_ATTRIBUTE,
-    TRACER,
-    error_type_of,
-    http_server_duration,
-    metrics_enabled,
-    tracing_enabled,
-)
+from ..telemetry import ERROR_TYPE_ATTRIBUTE, metrics_enabled, tracing_enabled
+from ..telemetry._core import TRACER, error_type_of
+from ..telemetry._instruments import http_server_duration
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send

@@ -20,7 +20,7 @@ from .client import SQS_ERRORS, error_code, is_fatal
 if TYPE_CHECKING:
     from types_aiobotocore_sqs import SQSClient
 
-    from ..telemetry import ConsumerMetrics
+    from ..telemetry._instruments import ConsumerMetrics
 
 __all__ = ["BacklogSampler"]
 

@@ -12,15 +12,9 @@ import dataclasses
 import logging
 from typing import TYPE_CHECKING
 
-from ..telemetry import (
-    ConsumerCounts,
-    ConsumerMetrics,
-    Disposition,
-    ErrorType,
-    MessageSpans,
-    end_message_span,
-    tracing_enabled,
-)
+from ..telemetry import Disposition, ErrorType, tracing_enabled
+from ..telemetry._instruments import ConsumerCounts, ConsumerMetrics
+from ..telemetry._messages import MessageSpans, end_message_span
 from ._inflight import InFlight, MessageState
 from ._receiver import Slots
 from .acks import DeleteBuffer, VisibilityBuffer

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..logging import span_log_fields
-from ..telemetry import ErrorType, error_type_of, mark_error
+from ..telemetry._core import error_type_of, mark_error
 
 if TYPE_CHECKING:
     import asyncio
@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
     from ..idempotency import Held
+    from ..telemetry import ErrorType
     from .message import Message
 
 __all__ = ["InFlight", "MessageState"]

@@ -18,13 +18,8 @@ from opentelemetry import trace
 from ..errors import IdempotencyKeyError, MalformedMessageError
 from ..idempotency import ClaimRequest, ClaimStatus, FailurePolicy, Held
 from ..logging import bind_log_context, span_log_fields
-from ..telemetry import (
-    ErrorType,
-    IdempotencyOutcome,
-    error_type_of,
-    mark_error,
-    mark_idempotency_outcome,
-)
+from ..telemetry import ErrorType, IdempotencyOutcome, mark_idempotency_outcome
+from ..telemetry._core import error_type_of, mark_error
 from ._inflight import InFlight, MessageState
 from .backoff import Retry, clamp_visibility
 from .context import BatchContext, MessageContext

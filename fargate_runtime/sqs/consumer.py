@@ -31,7 +31,8 @@ import logging
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigurationError
-from ..telemetry import ErrorType, error_type_of, metrics_enabled
+from ..telemetry import ErrorType, metrics_enabled
+from ..telemetry._core import error_type_of
 from ._backlog import BacklogSampler
 from ._holdings import ConsumerStats, Holdings
 from ._inflight import MessageState

@@ -7,9 +7,12 @@ the SDK's providers; ``FARGATE_RUNTIME_TELEMETRY_OTLP_ENDPOINT`` exports to a co
 sidecar). Their final flush runs off the event loop and never outlasts the close share: a dead
 or hung collector costs at most that share and one warning naming it.
 
-Modules: ``_core`` (on or off, the tracer, span outcomes), ``_settings``, ``_providers``
-(``Telemetry``), ``_flush`` (the bounded shutdown), ``_sampling``, ``_propagation`` (SQS trace
-context), ``_messages`` (a span per SQS message), ``_instruments`` (metrics and their
+This namespace is what users need: the resource and its settings, SQS propagation, the
+attribute names and values an operator queries by, the bucket boundaries (for Views), and
+``record_event_loop_lag``. The rest of the runtime uses the private modules: ``_core`` (on or
+off, the tracer, span outcomes), ``_settings``, ``_providers`` (``Telemetry``), ``_flush`` (the
+bounded shutdown), ``_sdk_logs`` (the SDK's own lines), ``_sampling``, ``_propagation`` (SQS
+trace context), ``_messages`` (a span per SQS message), ``_instruments`` (metrics and their
 boundaries), ``_shutdown`` (the ``shutdown`` span and drain duration).
 """
 
@@ -19,11 +22,8 @@ from ._core import (
     ERROR_TYPE_ATTRIBUTE,
     IDEMPOTENCY_OUTCOME_ATTRIBUTE,
     INSTRUMENTATION_NAME,
-    TRACER,
     ErrorType,
     IdempotencyOutcome,
-    error_type_of,
-    mark_error,
     mark_idempotency_outcome,
     metrics_enabled,
     tracing_enabled,
@@ -34,12 +34,9 @@ from ._instruments import (
     LOOP_LAG_BUCKETS_SECONDS,
     SHUTDOWN_BUCKETS_SECONDS,
     STORE_BUCKETS_SECONDS,
-    ConsumerCounts,
-    ConsumerMetrics,
-    http_server_duration,
     record_event_loop_lag,
 )
-from ._messages import DISPOSITION_ATTRIBUTE, Disposition, MessageSpans, end_message_span
+from ._messages import DISPOSITION_ATTRIBUTE, Disposition
 from ._propagation import (
     SQS_ATTRIBUTE_LIMIT,
     extract_sqs_context,
@@ -49,7 +46,7 @@ from ._propagation import (
 )
 from ._providers import Telemetry
 from ._settings import TelemetrySettings
-from ._shutdown import SHUTDOWN_REASON_ATTRIBUTE, ShutdownTrace
+from ._shutdown import SHUTDOWN_REASON_ATTRIBUTE
 
 __all__ = [
     "CONVENTION_BUCKETS_SECONDS",
@@ -63,22 +60,13 @@ __all__ = [
     "SHUTDOWN_REASON_ATTRIBUTE",
     "SQS_ATTRIBUTE_LIMIT",
     "STORE_BUCKETS_SECONDS",
-    "TRACER",
-    "ConsumerCounts",
-    "ConsumerMetrics",
     "Disposition",
     "ErrorType",
     "IdempotencyOutcome",
-    "MessageSpans",
-    "ShutdownTrace",
     "Telemetry",
     "TelemetrySettings",
-    "end_message_span",
-    "error_type_of",
     "extract_sqs_context",
-    "http_server_duration",
     "inject_sqs_attributes",
-    "mark_error",
     "mark_idempotency_outcome",
     "metrics_enabled",
     "parse_aws_trace_header",

@@ -21,11 +21,8 @@ from fargate_runtime.idempotency import (
 )
 from fargate_runtime.sqs import Consumer, Message, MessageContext, SqsSettings
 from fargate_runtime.sqs._backlog import BacklogSampler
-from fargate_runtime.telemetry import (
-    DISPOSITION_ATTRIBUTE,
-    IDEMPOTENCY_OUTCOME_ATTRIBUTE,
-    ConsumerMetrics,
-)
+from fargate_runtime.telemetry import DISPOSITION_ATTRIBUTE, IDEMPOTENCY_OUTCOME_ATTRIBUTE
+from fargate_runtime.telemetry._instruments import ConsumerMetrics
 from tests.sqs.conftest import event
 from tests.sqs.support import eventually, running, send, settings
 from tests.telemetry.consuming import (
