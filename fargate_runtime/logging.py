@@ -107,8 +107,10 @@ def set_static(**fields: Any) -> None:
             _static[name] = value
 
 
-def span_log_fields(span: trace.Span) -> dict[str, str]:
+def span_log_fields(span: trace.Span | None) -> dict[str, str]:
     """``trace_id`` and ``span_id`` of ``span``, as the X-Ray/OTel consoles search them."""
+    if span is None:
+        return {}
     span_context = span.get_span_context()
     if not span_context.is_valid:
         return {}

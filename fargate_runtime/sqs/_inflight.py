@@ -76,8 +76,7 @@ class InFlight:
         fields: dict[str, Any] = {"message_id": self.message.message_id}
         if self.key is not None:
             fields["idempotency_key"] = self.key
-        if self.span is not None:
-            fields.update(span_log_fields(self.span))
+        fields.update(span_log_fields(self.span))
         return fields
 
     def fail(

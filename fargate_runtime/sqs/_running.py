@@ -8,23 +8,23 @@ message carries its ids (``InFlight.log_fields``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING
-
-from opentelemetry import trace
 
 from ..errors import IdempotencyKeyError, MalformedMessageError
 from ..idempotency import ClaimRequest, ClaimStatus, FailurePolicy, Held
 from ..logging import bind_log_context, span_log_fields
 from ..telemetry import ErrorType, IdempotencyOutcome, mark_idempotency_outcome
 from ..telemetry._core import error_type_of, mark_error
+from ..telemetry._messages import within
 from ._inflight import InFlight, MessageState
 from .backoff import Retry, clamp_visibility
 from .context import BatchContext, MessageContext
 
 if TYPE_CHECKING:
+    from opentelemetry import trace
+
     from ..lifecycle import Lifecycle
     from ._holdings import Holdings
     from .backoff import Backoff
@@ -249,7 +249,7 @@ class Runner:
         try:
             # The span first: an exception leaving the log context takes the span's ids along.
             with (
-                _current(item.span),
+                within(item.span),
                 bind_log_context(message_id=item.message_id, idempotency_key=item.key),
             ):
                 await self._handler(message, self._context(item))
@@ -302,7 +302,7 @@ class Runner:
         began = time.perf_counter()
         error: BaseException | None = None
         try:
-            with _current(span):
+            with within(span):
                 await self._batch_handler([item.message for item in items], context)
         except Retry as signal:
             error = signal
@@ -314,7 +314,7 @@ class Runner:
             logger.error(
                 "batch handler failed",
                 exc_info=exc,
-                extra={"count": len(items), **_span_fields(span)},
+                extra={"count": len(items), **span_log_fields(span)},
             )
             failures = dict.fromkeys(item.message_id for item in items)
         except BaseException as exc:
@@ -400,20 +400,6 @@ class Runner:
         else:
             seconds = clamp_visibility(delay_seconds)
         self._holdings.back_off(item, seconds=seconds)
-
-
-def _current(span: trace.Span | None) -> contextlib.AbstractContextManager[object]:
-    """Make ``span`` current for the block (nothing while telemetry is off).
-
-    Its status is left alone: the runner says what a failure means (``InFlight.fail``).
-    """
-    if span is None:
-        return contextlib.nullcontext()
-    return trace.use_span(span, record_exception=False, set_status_on_exception=False)
-
-
-def _span_fields(span: trace.Span | None) -> dict[str, str]:
-    return {} if span is None else span_log_fields(span)
 
 
 def _unexpected(error: BaseException) -> bool:

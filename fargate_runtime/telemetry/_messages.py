@@ -16,6 +16,7 @@ A batch handler runs in a span of its own that links to each message's span.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 from typing import TYPE_CHECKING, Final
 
@@ -29,7 +30,7 @@ from ._propagation import producer_context
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["DISPOSITION_ATTRIBUTE", "Disposition", "MessageSpans", "end_message_span"]
+__all__ = ["DISPOSITION_ATTRIBUTE", "Disposition", "MessageSpans", "end_message_span", "within"]
 
 DISPOSITION_ATTRIBUTE: Final = "fargate_runtime.sqs.disposition"
 _BATCH_COUNT: Final = "messaging.batch.message_count"
@@ -93,6 +94,16 @@ class MessageSpans:
             attributes=attributes,
             links=links,
         )
+
+
+def within(span: trace.Span | None) -> contextlib.AbstractContextManager[object]:
+    """Make a message's (or batch's) span current for the block; nothing without one.
+
+    Its status is left alone: the consumer says what a failure means (``InFlight.fail``).
+    """
+    if span is None:
+        return contextlib.nullcontext()
+    return trace.use_span(span, record_exception=False, set_status_on_exception=False)
 
 
 def end_message_span(span: trace.Span | None, disposition: Disposition) -> None:
