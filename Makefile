@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check bench dist format clean redis-server chromium
+.PHONY: demo test test-fast check bench dist format clean redis-server chromium
 
 $(STAMP): pyproject.toml constraints.txt
 	@echo "Installing fargate-runtime and its test, lint and bench tools into $(VENV) (pinned by constraints.txt): about 1-2 minutes the first time; log in $(VENV)/install.log"
@@ -34,6 +34,10 @@ chromium:
 
 test: $(STAMP) redis-server chromium
 	$(BIN)/python -m pytest
+
+# Locally, without the slow fault scenarios and checks (CI runs them: make test).
+test-fast: $(STAMP) redis-server
+	$(BIN)/python -m pytest -m "not slow"
 
 check: $(STAMP)
 	$(BIN)/ruff check .

@@ -31,7 +31,8 @@ import logging
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigurationError, ConsumerError
-from ..telemetry import metrics_enabled
+from ..telemetry import ErrorType, metrics_enabled
+from ..telemetry._core import error_type_of
 from ._backlog import BacklogSampler
 from ._final_release import FinalRelease
 from ._holdings import ConsumerStats, Holdings
@@ -252,10 +253,15 @@ class Consumer:
         )
         self._ready.set()
         self._events.ready()
+        ended: BaseException | None = None
         try:
             await self._until_shutdown(lifecycle, loops)
             await self._drain(loops)
+        except BaseException as exc:
+            ended = exc
+            raise
         finally:
+            self._record_drain(lifecycle, ended)
             # Reached by a clean drain, a fatal error, or the cancellation at the drain
             # deadline; shielded and bounded by the release deadline either way.
             with lifecycle.cleanup_scope():
@@ -301,6 +307,19 @@ class Consumer:
                 logger.error("receive failed while draining", exc_info=outcome)
         while self._tasks:
             await asyncio.wait(set(self._tasks))
+
+    def _record_drain(self, lifecycle: Lifecycle, ended: BaseException | None) -> None:
+        """This queue's drain duration, from the shutdown request (none without one)."""
+        deadlines = lifecycle.deadlines
+        if deadlines is None:
+            return
+        error_type = None
+        if isinstance(ended, asyncio.CancelledError):
+            error_type = ErrorType.DRAIN_DEADLINE.value
+        elif ended is not None:
+            error_type = error_type_of(ended)
+        seconds = lifecycle.now() - deadlines.requested_at
+        self._holdings.metrics.record_drain(seconds, error_type=error_type)
 
     def _abandon(self, loops: dict[int, asyncio.Task[None]]) -> None:
         """Cancel receive calls still on their way; count what they might hide."""

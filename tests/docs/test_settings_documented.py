@@ -26,12 +26,13 @@ _ROW = re.compile(r"^\|\s*`([A-Z][A-Z0-9_]+)`[^|]*\|([^|]*)\|([^|]*)\|\s*$")
 
 
 def settings_models() -> list[type[BaseSettings]]:
-    """Every public BaseSettings subclass defined in a public module of the package."""
+    """Every public-named BaseSettings subclass the package defines (in any of its modules:
+    a public namespace may define its models in a private module and re-export them)."""
     found: dict[str, type[BaseSettings]] = {}
     modules = pkgutil.walk_packages(fargate_runtime.__path__, prefix="fargate_runtime.")
     for info in modules:
-        if any(part.startswith("_") for part in info.name.split(".")):
-            continue
+        if info.name.endswith(".__main__"):
+            continue  # runs the command line when imported
         module = importlib.import_module(info.name)
         for name, value in vars(module).items():
             if (
