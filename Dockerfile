@@ -1,16 +1,21 @@
 # syntax=docker/dockerfile:1.7
-# The fargate-runtime base image. Build FROM it and replace CMD with your app (MODULE:ATTR):
+# The fargate-runtime base image: the runtime and its pinned dependencies, no application.
+# Build FROM it and give your app as CMD (MODULE:ATTR); examples/*/Dockerfile are children to copy:
 #
-#   FROM REGISTRY/fargate-runtime:GIT_SHA
+#   ARG BASE_IMAGE=REGISTRY/fargate-runtime:GIT_SHA
+#   FROM ${BASE_IMAGE}
 #   USER root                      (build steps as root; the code stays root-owned, read-only)
-#   COPY requirements.txt ./
-#   RUN pip install --no-cache-dir -r requirements.txt
+#   COPY requirements.txt /app/requirements.txt
+#   RUN pip install --no-cache-dir -r /app/requirements.txt     (PIP_CONSTRAINT keeps the
+#                                                                runtime's pins: a conflict fails)
 #   COPY app/ /app/app/
 #   RUN python -m compileall -q --invalidation-mode checked-hash /app /opt/venv
 #   USER 10001:10001
 #   CMD ["app.main:app"]
 #
-# Multi-arch (Graviton is ~20% cheaper; Fargate Spot is x86_64 only):
+# Without a CMD the container prints one line asking for MODULE:ATTR and exits 78.
+#
+# Multi-arch (Graviton is ~20% cheaper, and Fargate Spot runs both):
 #   docker buildx build --platform linux/amd64,linux/arm64 -t REGISTRY/fargate-runtime:GIT_SHA --push .
 # The python image tag is a manifest list, so the same line builds both architectures.
 
@@ -37,6 +42,10 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 COPY README.md ./
 COPY fargate_runtime ./fargate_runtime
 RUN pip install --no-compile --no-deps .
+# The versions this image holds, the runtime's own included, as constraints for child builds:
+# a child's `pip install` may add packages but never move these (a conflict fails the build).
+RUN mkdir -p /opt/fargate-runtime \
+ && pip list --format=freeze --exclude pip --exclude setuptools > /opt/fargate-runtime/constraints.txt
 # Compile now: a read-only root filesystem takes no .pyc at run time. Hash-based .pyc files
 # stay valid whatever mtimes COPY gives the sources.
 RUN python -m compileall -q -j 0 --invalidation-mode checked-hash /opt/venv
@@ -52,20 +61,23 @@ RUN groupadd --system --gid 10001 app \
 # read-only container does not recompile it in memory at every start.
 RUN python -m compileall -q -j 0 "$(python -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')"
 COPY --from=builder /opt/venv /opt/venv
+COPY --from=builder /opt/fargate-runtime/constraints.txt /opt/fargate-runtime/constraints.txt
 # PYTHONDONTWRITEBYTECODE: never try to write .pyc at run time (read-only root filesystem).
 # PYTHONUNBUFFERED: each JSON log line reaches the log driver at once, even at SIGKILL.
 # HOME and TMPDIR: /tmp is the only writable path (task definitions mount a volume there).
-# FARGATE_RUNTIME_HEALTH_PORT: the runtime serves /healthz there; HEALTHCHECK probes it.
+# FARGATE_RUNTIME_HEALTH_PORT: the runtime serves /healthz there (on 127.0.0.1, where the
+# container HEALTHCHECK runs); HEALTHCHECK probes it.
+# PIP_CONSTRAINT: every `pip install` of a child image is held to the versions above.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     HOME=/tmp \
     TMPDIR=/tmp \
-    FARGATE_RUNTIME_HEALTH_PORT=8081
+    FARGATE_RUNTIME_HEALTH_PORT=8081 \
+    PIP_CONSTRAINT=/opt/fargate-runtime/constraints.txt
+# Child images put their code here (fargate-runtime run puts the working directory first on
+# sys.path).
 WORKDIR /app
-# The examples are the default app; images built FROM this one add their own code here.
-COPY examples ./examples
-RUN python -m compileall -q --invalidation-mode checked-hash /app
 # Numeric, so ECS and Kubernetes can tell it is not root without reading /etc/passwd.
 USER 10001:10001
 # ECS sends STOPSIGNAL to PID 1 at stop; the supervisor drains on SIGTERM.
@@ -75,6 +87,5 @@ STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
     CMD ["fargate-runtime", "healthcheck"]
 # Exec form: the supervisor is PID 1 and receives SIGTERM itself (a shell-form CMD makes
-# /bin/sh PID 1, and sh does not forward it).
+# /bin/sh PID 1, and sh does not forward it). No CMD: the application is the child image's.
 ENTRYPOINT ["fargate-runtime", "run"]
-CMD ["examples.sqs_worker.app:app"]

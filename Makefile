@@ -1,24 +1,27 @@
-# The project's interface: `make demo`, `make test`, `make check`, `make bench`.
-# Every target installs what it needs into .venv from a clean checkout.
+# The project's interface: `make demo`, `make test`, `make check`, `make bench`, `make dist`.
+# Every target installs what it needs into .venv from a clean checkout, saying so in one line
+# (pip's own output goes to .venv/install.log, shown only when the install fails).
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check bench format clean redis-server postgres-server
+.PHONY: demo test test-fast check bench dist format clean redis-server postgres-server chromium
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade "pip>=25.1"
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e . --group dev
-	touch $(STAMP)
+$(STAMP): pyproject.toml constraints.txt
+	@echo "Installing fargate-runtime and its test, lint and bench tools into $(VENV) (pinned by constraints.txt): about 1-2 minutes the first time; log in $(VENV)/install.log"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@{ $(BIN)/python -m pip install --upgrade "pip>=25.1" \
+	  && $(BIN)/python -m pip install -c constraints.txt -e . --group dev; } >$(VENV)/install.log 2>&1 \
+	  || { tail -n 40 $(VENV)/install.log; echo "Install failed: the whole log is $(VENV)/install.log"; exit 1; }
+	@touch $(STAMP)
 
 # Tests and the drill start a private redis-server when none answers at REDIS_URL;
 # on a machine without one, install Debian's package.
 redis-server:
 	@command -v redis-server >/dev/null 2>&1 || { \
-		echo "redis-server not found: installing Debian's redis-server"; \
+		echo "redis-server not found: installing Debian's redis-server (about 30 s)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
 	}
 
@@ -30,8 +33,19 @@ postgres-server:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
 	}
 
-test: $(STAMP) redis-server postgres-server
+# The drill picture's check renders it in a real headless browser.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "chromium not found: installing Debian's chromium for the drill picture's check (about 1-2 minutes)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	}
+
+test: $(STAMP) redis-server postgres-server chromium
 	$(BIN)/python -m pytest
+
+# Locally, without the slow fault scenarios and checks (CI runs them: make test).
+test-fast: $(STAMP) redis-server postgres-server
+	$(BIN)/python -m pytest -m "not slow"
 
 check: $(STAMP)
 	$(BIN)/ruff check .
@@ -44,6 +58,13 @@ format: $(STAMP)
 
 bench: $(STAMP) redis-server postgres-server
 	$(BIN)/python -m bench
+
+# The wheel and the sdist in dist/, for `pip install dist/fargate_runtime-*.whl` elsewhere.
+dist: $(STAMP)
+	rm -rf dist
+	@$(BIN)/python -m build --outdir dist . >$(VENV)/dist.log 2>&1 \
+	  || { tail -n 40 $(VENV)/dist.log; exit 1; }
+	@ls dist
 
 demo: $(STAMP) redis-server
 	$(BIN)/fargate-runtime drill --json drill-report.json --html drill-report.html

@@ -23,7 +23,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from ._work import WorkExecutor
+from ._work import EXECUTOR_THREAD_PREFIX, WorkExecutor
 from .lifecycle import ExitCode
 
 if TYPE_CHECKING:
@@ -136,8 +136,13 @@ def _wait_for_threads(
     """
     jobs = executor.unfinished()
     threads = _other_threads()
-    if not jobs and not threads:
-        return code
+    # The executor's idle threads leave on their own once the loop has shut it down.
+    if not jobs and all(t.name.startswith(EXECUTOR_THREAD_PREFIX) for t in threads):
+        for thread in threads:
+            thread.join(timeout=_hard_left(run))
+        if not _other_threads():
+            return code
+        threads = _other_threads()
     logger.warning(
         "waiting for threads still running",
         extra={

@@ -26,7 +26,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-__all__ = ["Work", "WorkExecutor", "current_work", "running"]
+__all__ = ["EXECUTOR_THREAD_PREFIX", "Work", "WorkExecutor", "current_work", "running"]
+
+EXECUTOR_THREAD_PREFIX = "fargate-runtime-executor"
 
 
 class Work:
@@ -75,7 +77,7 @@ class WorkExecutor(concurrent.futures.ThreadPoolExecutor):
     """The default executor of the supervisor's loop: records each job on the current work."""
 
     def __init__(self, max_workers: int | None = None) -> None:
-        super().__init__(max_workers=max_workers, thread_name_prefix="fargate-runtime-executor")
+        super().__init__(max_workers=max_workers, thread_name_prefix=EXECUTOR_THREAD_PREFIX)
         self._running: set[concurrent.futures.Future[Any]] = set()
         self._running_lock = threading.Lock()
 

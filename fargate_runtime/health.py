@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import http.client
 import logging
+import socket
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 
     from .lifecycle import Lifecycle
 
-__all__ = ["HealthServer", "probe"]
+__all__ = ["HealthServer", "check", "probe"]
 
 logger = logging.getLogger("fargate_runtime.health")
 
@@ -101,11 +102,27 @@ class HealthServer:
 
 def probe(host: str, port: int, path: str = "/healthz", *, timeout_seconds: float = 2.0) -> bool:
     """True when ``GET path`` answers 200: the client behind ``fargate-runtime healthcheck``."""
+    return check(host, port, path, timeout_seconds=timeout_seconds) is None
+
+
+def check(
+    host: str, port: int, path: str = "/healthz", *, timeout_seconds: float = 2.0
+) -> str | None:
+    """None when ``GET path`` answers 200; otherwise what went wrong, in a few words."""
     connection = http.client.HTTPConnection(host, port, timeout=timeout_seconds)
     try:
         connection.request("GET", path)
-        return connection.getresponse().status == 200
-    except OSError:
-        return False
+        response = connection.getresponse()
+    except ConnectionRefusedError:
+        return "connection refused (nothing listens there)"
+    except TimeoutError:
+        return f"no answer within {timeout_seconds:g} s"
+    except socket.gaierror as exc:
+        return f"cannot resolve {host!r}: {exc.strerror}"
+    except (OSError, http.client.HTTPException) as exc:
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     finally:
         connection.close()
+    if response.status != 200:
+        return f"answered {response.status} {response.reason}".rstrip()
+    return None

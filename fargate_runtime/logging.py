@@ -2,6 +2,11 @@
 
 One JSON object per line is what the ``awslogs`` driver and FireLens ship as one event. Plain
 stdlib ``logging`` stays underneath, so the users' own loggers flow through the same formatter.
+
+Correlation fields (``message_id``, ``request_id``, ``trace_id``/``span_id``) come from the
+context the line is logged in. An exception leaving a ``bind_log_context`` block takes them
+along, so the line that reports it later, outside the block (uvicorn's "Exception in ASGI
+application", a consumer's "handler failed"), still names the request or message it was about.
 """
 
 from __future__ import annotations
@@ -21,7 +26,16 @@ from opentelemetry import trace
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
 
-__all__ = ["JsonFormatter", "bind_log_context", "configure_logging", "log_context", "set_static"]
+__all__ = [
+    "JsonFormatter",
+    "bind_log_context",
+    "configure_logging",
+    "log_context",
+    "log_context_of",
+    "remember_log_context",
+    "set_static",
+    "span_log_fields",
+]
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
@@ -29,6 +43,9 @@ _context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
 )
 # Fields on every line of the process: service name, ECS task identity.
 _static: dict[str, Any] = {}
+
+# Where an exception keeps the correlation fields of the block it left.
+_EXCEPTION_FIELDS = "__fargate_runtime_log_context__"
 
 # Attributes every LogRecord has; anything else came in through ``extra=`` and is logged.
 _RECORD_ATTRIBUTES = frozenset(
@@ -40,13 +57,40 @@ _RECORD_ATTRIBUTES = frozenset(
 def bind_log_context(**fields: Any) -> Iterator[None]:
     """Add ``fields`` (message id, request id, ...) to every log line written inside the block.
 
-    Bound through a contextvar, so each asyncio task sees its own fields.
+    Bound through a contextvar, so each asyncio task sees its own fields. An exception leaving
+    the block carries them (and the current span's ids) to wherever it is logged.
     """
     token = _context.set({**_context.get(), **fields})
     try:
         yield
+    except BaseException as exc:
+        remember_log_context(exc)
+        raise
     finally:
         _context.reset(token)
+
+
+def remember_log_context(exc: BaseException) -> None:
+    """Keep the current correlation fields (and span ids) on ``exc``, for where it is logged.
+
+    The innermost block's fields, the most complete, win over those of blocks it leaves later.
+    (An exception instance raised again later, a module-level singleton, keeps its first
+    fields: raising one instance twice is rare, and Python grows its traceback each time.)
+    """
+    if _EXCEPTION_FIELDS in getattr(exc, "__dict__", {}):
+        return
+    remembered = {**_context.get(), **_trace_fields()}
+    # Exceptions without a __dict__ (C types with slots) simply go without.
+    with contextlib.suppress(AttributeError, TypeError):
+        setattr(exc, _EXCEPTION_FIELDS, remembered)
+
+
+def log_context_of(exc: BaseException | None) -> Mapping[str, Any]:
+    """The correlation fields in force where ``exc`` left a ``bind_log_context`` block."""
+    if exc is None:
+        return _EMPTY
+    remembered = getattr(exc, "__dict__", {}).get(_EXCEPTION_FIELDS)
+    return remembered if isinstance(remembered, dict) else _EMPTY
 
 
 def log_context() -> Mapping[str, Any]:
@@ -63,12 +107,26 @@ def set_static(**fields: Any) -> None:
             _static[name] = value
 
 
-def _trace_fields() -> dict[str, str]:
-    """``trace_id`` and ``span_id`` of the current span, as the X-Ray/OTel consoles search them."""
-    span_context = trace.get_current_span().get_span_context()
+def span_log_fields(span: trace.Span | None) -> dict[str, str]:
+    """``trace_id`` and ``span_id`` of ``span``, as the X-Ray/OTel consoles search them."""
+    if span is None:
+        return {}
+    span_context = span.get_span_context()
     if not span_context.is_valid:
         return {}
     return {"trace_id": f"{span_context.trace_id:032x}", "span_id": f"{span_context.span_id:016x}"}
+
+
+def _trace_fields() -> dict[str, str]:
+    """``trace_id`` and ``span_id`` of the current span (none outside a span)."""
+    return span_log_fields(trace.get_current_span())
+
+
+def _exception_fields(record: logging.LogRecord) -> Mapping[str, Any]:
+    """The correlation fields the logged exception brought from where it was raised."""
+    if record.exc_info and record.exc_info[1] is not None:
+        return log_context_of(record.exc_info[1])
+    return _EMPTY
 
 
 def _extra_fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -93,6 +151,7 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         line.update(_static)
+        line.update(_exception_fields(record))
         line.update(_context.get())
         line.update(_trace_fields())
         line.update(_extra_fields(record))
@@ -108,7 +167,7 @@ class _TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
-        fields = {**_context.get(), **_extra_fields(record)}
+        fields = {**_exception_fields(record), **_context.get(), **_extra_fields(record)}
         if fields:
             text += " " + " ".join(f"{key}={value}" for key, value in fields.items())
         return text

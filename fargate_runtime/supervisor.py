@@ -30,8 +30,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from opentelemetry import trace
-
 from . import ecs
 from ._stacks import await_chain, culprit, format_chain
 from ._watchdog import Watchdog
@@ -40,7 +38,8 @@ from .health import HealthServer
 from .lifecycle import ExitCode, Lifecycle, Phase
 from .logging import configure_logging, set_static
 from .settings import RuntimeSettings, load_settings
-from .telemetry import INSTRUMENTATION_NAME, Telemetry, TelemetrySettings, drain_duration_histogram
+from .telemetry import Telemetry, TelemetrySettings, record_event_loop_lag
+from .telemetry._shutdown import ShutdownTrace
 
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
@@ -235,7 +234,7 @@ class _Run:
         self.cut = False  # work was cancelled at the drain deadline
         self.abandoned: set[asyncio.Task[Any]] = set()  # ...and ignored it
         self.phase_started = time.monotonic()
-        self.shutdown_span: trace.Span | None = None
+        self.shutdown_trace: ShutdownTrace | None = None
         self.identity: ecs.TaskIdentity | None = None
 
     def watchdog(self, *, hard_exit: bool) -> Watchdog:
@@ -246,6 +245,7 @@ class _Run:
             handle_signals=self.handle_signals,
             hard_exit=hard_exit,
             blocked_after_seconds=self.settings.blocked_loop_seconds,
+            on_loop_lag=record_event_loop_lag,
         )
 
     async def serve(self) -> ExitCode:
@@ -326,7 +326,9 @@ class _Run:
             lifecycle=self.lifecycle,
             resource_attributes=identity.resource_attributes() if identity else None,
         )
-        await runtime.enter(telemetry, name="telemetry")
+        # Its whole close share: it closes last but one and flushes with what is left.
+        budget = self.lifecycle.budget
+        await runtime.enter(telemetry, name="telemetry", close_timeout_seconds=budget.close_seconds)
         for setup in self.setups:
             try:
                 await setup(runtime)
@@ -381,8 +383,8 @@ class _Run:
     async def cancel_stragglers(self, pending: set[asyncio.Task[Any]]) -> None:
         """Drain deadline: cancel what still runs; it releases its work in cleanup scopes."""
         self.cut = True
-        if self.shutdown_span is not None:
-            self.shutdown_span.add_event("drain deadline hit", {"services": len(pending)})
+        if self.shutdown_trace is not None:
+            self.shutdown_trace.deadline_hit(services=len(pending))
         for task in pending:
             chain = await_chain(task)
             logger.warning(
@@ -466,15 +468,11 @@ class _Run:
         previous = self.lifecycle.phase
         self.lifecycle._set_phase(phase)
         if phase is Phase.DRAINING:
-            self.shutdown_span = trace.get_tracer(INSTRUMENTATION_NAME).start_span(
-                "shutdown", attributes={"fargate_runtime.shutdown.reason": str(extra["reason"])}
-            )
-        elif previous is Phase.DRAINING and self.shutdown_span is not None:
+            self.shutdown_trace = ShutdownTrace(str(extra["reason"]))
+        elif previous is Phase.DRAINING and self.shutdown_trace is not None:
             # Drain ends here; the span ends before telemetry is flushed in the closing phase.
-            drain_duration_histogram().record(now - since)
-            self.shutdown_span.add_event(f"phase {phase.value}", {"drain_seconds": now - since})
-            self.shutdown_span.end()
-            self.shutdown_span = None
+            self.shutdown_trace.end(next_phase=phase.value, drain_seconds=now - since)
+            self.shutdown_trace = None
         logger.info(
             "phase %s",
             phase.value,

@@ -14,7 +14,7 @@ locals {
   worker_container = {
     name                   = local.container_name
     image                  = var.image
-    command                = ["examples.sqs_worker.app:app"]
+    command                = ["sqs_worker.app:app"]
     essential              = true
     user                   = "10001:10001"
     readonlyRootFilesystem = true

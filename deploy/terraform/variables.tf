@@ -77,7 +77,7 @@ variable "on_demand_weight" {
 }
 
 variable "spot_weight" {
-  description = "Share of the tasks above the base placed on FARGATE_SPOT (x86_64 only; 2-minute warning as SIGTERM)."
+  description = "Share of the tasks above the base placed on FARGATE_SPOT (x86_64 and ARM64; 2-minute warning as SIGTERM)."
   type        = number
   default     = 3
 }

@@ -43,7 +43,12 @@ def webhooks(run: str) -> list[str]:
 async def demo() -> int:
     """Run the demo; return the worker's exit code."""
     run = uuid.uuid4().hex[:6]
-    async with Components(run_id=run, max_receive_count=3, queue_name="payments-demo") as local:
+    async with Components(
+        run_id=run,
+        max_receive_count=3,
+        queue_name="payments-demo",
+        redis_url=os.environ.get("REDIS_URL"),
+    ) as local:
         for body in webhooks(run):
             await local.client.send_message(QueueUrl=local.queue_url, MessageBody=body)
         ledger_path = Path(tempfile.mkdtemp(prefix="payments-demo-")) / "ledger.sqlite3"
@@ -77,6 +82,7 @@ async def demo() -> int:
             code = await worker.wait()
             totals = await asyncio.to_thread(ledger.totals)
         dead = await local.dead_letter_count()
+        await local.forget_keys(env["FARGATE_RUNTIME_IDEMPOTENCY_KEY_PREFIX"])  # a shared Redis
         print(  # noqa: T201 - the demo's report is for people
             f"\nsent {EVENTS + DUPLICATES + 1} webhooks ({EVENTS} events, {DUPLICATES} resent, "
             f"1 malformed)\nprovider: {totals.requests} charge requests, {totals.replayed} "

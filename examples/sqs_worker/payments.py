@@ -22,12 +22,8 @@ Schema (``sqlite3 $PAYMENTS_LEDGER_PATH``)::
                  worker_pid, charged_at, request_id
     executions   one row per handler run: event_id, worker_pid, started_at
 
-With ``PAYMENTS_LEDGER=postgres`` the same two tables live in PostgreSQL (``payments_requests``,
-``payments_charges`` in ``PAYMENTS_POSTGRES_SCHEMA``), written by ``charge_in_transaction``
-inside the handler's transaction; ``executions`` stays in the SQLite file.
-
 Double charges are events with more than one ``charges`` row (possible only when the worker
-does not send a stable key: see ``Unsafe`` in ``app.py``)::
+does not send a stable key: see ``Unsafe`` in ``fargate_runtime.drill.worker``)::
 
     SELECT event_id FROM charges GROUP BY event_id HAVING COUNT(*) > 1;
 """
@@ -41,14 +37,5 @@ from fargate_runtime.drill.ledger import (
     Ledger,
     LedgerTotals,
 )
-from fargate_runtime.drill.postgres import charge_in_transaction, create_ledger_tables
 
-__all__ = [
-    "ChargeOutcome",
-    "ChargeRejectedError",
-    "ChargeRequest",
-    "Ledger",
-    "LedgerTotals",
-    "charge_in_transaction",
-    "create_ledger_tables",
-]
+__all__ = ["ChargeOutcome", "ChargeRejectedError", "ChargeRequest", "Ledger", "LedgerTotals"]

@@ -2,8 +2,9 @@
 
 Workers under a drill charge through ``Ledger`` (its file is named by
 ``FARGATE_RUNTIME_DRILL_LEDGER``); ``fargate-runtime drill`` runs them, interrupts them the way
-Fargate Spot does, and reads the ledger to count what was lost or charged twice. Only the ledger
-is imported here: a worker importing this package pulls in nothing but ``sqlite3``.
+Fargate Spot does, and reads the ledger to count what was lost or charged twice. ``PaymentEvent``
+is the event the drill sends. Only these two are imported here, not the drill's machinery (moto,
+processes, reports). The drill's default worker is ``fargate_runtime.drill.worker``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from .ledger import (
     Ledger,
     LedgerTotals,
 )
+from .payments import PaymentEvent
 
 __all__ = [
     "LEDGER_PATH_ENV",
@@ -24,4 +26,5 @@ __all__ = [
     "ChargeRequest",
     "Ledger",
     "LedgerTotals",
+    "PaymentEvent",
 ]

@@ -1,28 +1,35 @@
 """``fargate-runtime drill``: interrupt real workers the way Fargate Spot does; count the damage.
 
 Exit codes: 0 the drill passed; 1 it ran and found a problem (the report says which); 2 it could
-not run (bad flags, no Redis, a worker that does not start).
+not run (bad flags, a named Redis, PostgreSQL or SQS endpoint that does not answer, a worker
+that does not start). ``--store postgres,redis`` runs one schedule on each store, side by side
+(``compare``); the worst verdict is the exit code.
+
+Adding a flag: one ``add(...)`` in ``configure_parser`` (numbers through ``bounded_float`` /
+``bounded_int``, so ``inf`` and ``nan`` are refused), its field in ``DrillConfig`` (``plan``),
+and one line in ``config_from_args``; flags about where the drill runs (not what it does) go to
+``DrillOptions`` (``runner``) through ``options_from_args``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import secrets
 import shutil
 import sys
 import tempfile
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import ConfigurationError
-from ..local import LocalServiceError
-from .compare import render_comparison
-from .components import ComponentsError
+from ..cli._numbers import bounded_float, bounded_int, parse_float
+from .compare import parse_stores, render_comparison, write_comparison
+from .components import ComponentsError, redacted
 from .plan import DEFAULT_WORKER, DrillConfig, expected_interruptions
+from .postgres import postgres_url_named
 from .progress import Progress
 from .runner import DrillError, DrillOptions, run_drill
 from .table import render_table
@@ -37,32 +44,19 @@ _CANNOT_RUN = 2
 _INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 
 
-def _share(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
-    return value
+_share = bounded_float(minimum=0, maximum=1)
+_seconds = bounded_float(minimum=0, maximum=3600)
 
 
 def _pair(text: str) -> tuple[float, float]:
     low, _, high = text.partition(",")
     try:
-        return float(low), float(high or low)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not MIN,MAX seconds") from exc
-
-
-_STORES = ("redis", "postgres")
-
-
-def _stores(text: str) -> tuple[str, ...]:
-    stores = tuple(part.strip() for part in text.split(",") if part.strip())
-    unknown = [store for store in stores if store not in _STORES]
-    if not stores or unknown or len(set(stores)) != len(stores):
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: give redis, postgres, or both separated by a comma"
-        )
-    return stores
+        pair = parse_float(low), parse_float(high or low)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not MIN,MAX seconds") from None
+    if not 0 < pair[0] <= pair[1] <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} needs 0 < MIN <= MAX <= 3600 seconds")
+    return pair
 
 
 def _assignment(text: str) -> tuple[str, str]:
@@ -77,7 +71,15 @@ exit codes:
   0  passed: lost 0, double charges 0, overruns 0, no crash, and every duplicate
      charge attempt explained by a hard kill or a Redis restart
   1  failed: the report lists each failure and its cause
-  2  could not run (bad flags, no Redis, a worker that does not start)
+  2  could not run (bad flags, a named Redis, PostgreSQL or SQS endpoint that does
+     not answer, a worker that does not start)
+
+components: --sqs-endpoint and --redis-url (default $REDIS_URL) must answer; named
+  nowhere, the drill starts moto's server and uses 127.0.0.1:6379 or, when nothing
+  answers there, a private redis-server. --restart-redis always uses a private one.
+  --store postgres uses --postgres-url (default $POSTGRES_URL) the same way, else
+  127.0.0.1:5432, else a private server; its default worker then charges inside
+  the handler's transaction (PAYMENTS_LEDGER=postgres).
 
 drilling your own worker:
   --worker mypkg.app:app runs it under `fargate-runtime run` with the drill's SQS
@@ -104,14 +106,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add(
         "--events",
-        type=int,
+        type=bounded_int(minimum=1, maximum=1_000_000),
         default=d.events,
         metavar="N",
         help="unique payment events (default: %(default)s)",
     )
     add(
         "--workers",
-        type=int,
+        type=bounded_int(minimum=1, maximum=64),
         default=d.workers,
         metavar="K",
         help="worker processes at once (default: %(default)s)",
@@ -144,10 +146,19 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         metavar="F",
         help="share of interruptions that are SIGKILL without warning",
     )
+    add(
+        "--misbehave-share",
+        type=_share,
+        default=d.misbehave_share,
+        metavar="F",
+        help="share of events whose first delivery misbehaves past the stop timeout: blocks "
+        "the loop, spins the CPU, swallows cancellation or charges from a thread (the default "
+        "worker; forced exits are counted)",
+    )
     add("--restart-redis", action="store_true", help="restart (a private) Redis half way")
     add(
         "--stop-timeout",
-        type=float,
+        type=bounded_float(minimum=2, maximum=120),
         default=d.stop_timeout_seconds,
         metavar="SECONDS",
         help="the task's stopTimeout, scaled down: SIGKILL this long after SIGTERM "
@@ -177,7 +188,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     add(
         "--events-per-second",
-        type=float,
+        type=bounded_float(above=0, maximum=10_000),
         default=d.events_per_second,
         metavar="R",
         help="sending pace, messages per second (default: %(default)s)",
@@ -191,21 +202,21 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     add(
         "--first-interrupt",
-        type=float,
+        type=_seconds,
         default=d.first_interrupt_seconds,
         metavar="SECONDS",
         help="when the first interruption comes, after sending starts (default: %(default)s)",
     )
     add(
         "--max-receive-count",
-        type=int,
+        type=bounded_int(minimum=1, maximum=1000),
         default=d.max_receive_count,
         metavar="N",
         help="the queue's redrive maxReceiveCount (default: %(default)s)",
     )
     add(
         "--timeout",
-        type=float,
+        type=bounded_float(above=0, maximum=86_400),
         default=d.timeout_seconds,
         metavar="SECONDS",
         help="give up (what is missing counts as lost) this long after sending starts "
@@ -221,11 +232,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--redis-url",
         default=None,
         metavar="URL",
-        help="Redis to use (default: REDIS_URL, else a private redis-server)",
+        help="Redis to use; it must answer (default: $REDIS_URL; neither: 127.0.0.1:6379, "
+        "else a private redis-server)",
     )
     add(
         "--store",
-        type=_stores,
+        type=parse_stores,
         default=("redis",),
         metavar="STORE[,STORE]",
         help="where the workers keep idempotency records: redis (default) or postgres (charges "
@@ -236,8 +248,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--postgres-url",
         default=None,
         metavar="URL",
-        help="PostgreSQL for --store postgres (default: POSTGRES_URL, else 127.0.0.1:5432, "
-        "else a private server); the run gets its own schema",
+        help="PostgreSQL for --store postgres; it must answer (default: $POSTGRES_URL; neither: "
+        "127.0.0.1:5432, else a private server); each run gets a schema of its own",
     )
     add("--json", type=Path, default=None, metavar="PATH", help="write the figures as JSON")
     add("--html", type=Path, default=None, metavar="PATH", help="write the timeline picture")
@@ -263,7 +275,9 @@ def config_from_args(args: argparse.Namespace, *, run_id: str) -> DrillConfig:
         out_of_order_share=args.out_of_order_share,
         malformed_share=args.malformed_share,
         hard_kill_share=args.hard_kill_share,
+        misbehave_share=args.misbehave_share,
         restart_redis=args.restart_redis,
+        store=args.store[0],
         stop_timeout_seconds=args.stop_timeout,
         worker=args.worker,
         seed=seed,
@@ -277,76 +291,111 @@ def config_from_args(args: argparse.Namespace, *, run_id: str) -> DrillConfig:
     )
 
 
+def options_from_args(
+    args: argparse.Namespace, *, work_dir: Path, keep_work_dir: bool
+) -> DrillOptions:
+    """Where the drill runs (not what it does), from parsed flags."""
+    return DrillOptions(
+        work_dir=work_dir,
+        sqs_endpoint_url=args.sqs_endpoint,
+        redis_url=_redis_url(args),
+        postgres_url=postgres_url_named(args.postgres_url),
+        worker_environment=dict(args.worker_env),
+        app_dir=args.app_dir,
+        progress=Progress(enabled=not args.quiet),
+        keep_work_dir=keep_work_dir,
+    )
+
+
+def _redis_url(args: argparse.Namespace) -> str | None:
+    """The Redis named for this run: --redis-url, else REDIS_URL (not with --restart-redis)."""
+    if args.redis_url is not None or args.restart_redis:
+        return str(args.redis_url) if args.redis_url is not None else None
+    return os.environ.get("REDIS_URL") or None
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr)  # noqa: T201 - the CLI's own messages
+
+
 def run_command(args: argparse.Namespace) -> int:
-    """Run the drill once per ``--store``, print the reports, write ``--json``/``--html``."""
-    if args.restart_redis and "postgres" in args.store:
-        print(  # noqa: T201 - CLI
-            "fargate-runtime drill: cannot run: --restart-redis drills the Redis store; "
-            "drop it with --store postgres",
-            file=sys.stderr,
+    """Run the drill once per ``--store`` (one seed: one schedule), print the reports, write
+    ``--json``/``--html``; return the worst exit code."""
+    if args.restart_redis and args.redis_url is not None:
+        _say(
+            "fargate-runtime drill: --restart-redis restarts a private redis-server the drill "
+            f"starts itself, not the one at {redacted(args.redis_url)}: drop one of the two flags"
         )
         return _CANNOT_RUN
-    seed = args.seed if args.seed is not None else secrets.randbelow(1_000_000)
+    first = config_from_args(args, run_id=secrets.token_hex(3))
+    configs = [first] + [
+        replace(first, store=store, run_id=secrets.token_hex(3)) for store in args.store[1:]
+    ]
+    problems = dict.fromkeys(problem for config in configs for problem in config.problems())
+    if problems:
+        _say(f"fargate-runtime drill: {'; '.join(problems)}")
+        return _CANNOT_RUN
     reports: dict[str, DrillReport] = {}
-    for store in args.store:
-        code, report = _run_one(args, store=store, seed=seed, several=len(args.store) > 1)
+    for config in configs:
+        code, report = _run_one(args, config, several=len(configs) > 1)
         if report is None:
             return code
-        reports[store] = report
+        reports[config.store] = report
     if len(reports) > 1:
         print(render_comparison(reports), end="")  # noqa: T201 - the report is the output
         if args.json is not None:
-            figures = {store: report.as_json() for store, report in reports.items()}
-            args.json.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+            write_comparison(args.json, reports)
     elif args.json is not None:
-        next(iter(reports.values())).write_json(args.json)
+        reports[first.store].write_json(args.json)
     return max(report.exit_code for report in reports.values())
 
 
 def _run_one(
-    args: argparse.Namespace, *, store: str, seed: int, several: bool
+    args: argparse.Namespace, config: DrillConfig, *, several: bool
 ) -> tuple[int, DrillReport | None]:
-    """One drill on ``store``: (exit code, report), or (code, None) when it could not run."""
-    run_id = secrets.token_hex(3)
-    args.seed = seed
-    config = config_from_args(args, run_id=run_id)
-    keep = args.work_dir is not None
-    base = args.work_dir / store if keep and several else args.work_dir
-    work_dir = base or Path(tempfile.mkdtemp(prefix=f"fargate-runtime-drill-{run_id}-"))
+    """One drill: (exit code, report), or (exit code, None) when it could not run."""
+    ours = args.work_dir is None  # a temporary directory: removed unless it explains a failure
+    if ours:
+        work_dir = Path(tempfile.mkdtemp(prefix=f"fargate-runtime-drill-{config.run_id}-"))
+    else:
+        work_dir = args.work_dir / config.store if several else args.work_dir
     work_dir.mkdir(parents=True, exist_ok=True)
-    options = DrillOptions(
-        work_dir=work_dir,
-        sqs_endpoint_url=args.sqs_endpoint,
-        redis_url=args.redis_url,
-        worker_environment=dict(args.worker_env),
-        app_dir=args.app_dir,
-        progress=Progress(enabled=not args.quiet),
-        store=store,
-        postgres_url=args.postgres_url,
-    )
+    options = options_from_args(args, work_dir=work_dir, keep_work_dir=not ours)
     try:
         run = asyncio.run(run_drill(config, options))
     except KeyboardInterrupt:
         # asyncio.run cancelled the drill: its workers were killed and its servers stopped.
-        print(f"fargate-runtime drill: interrupted (logs kept in {work_dir})", file=sys.stderr)  # noqa: T201 - CLI
+        _say(f"fargate-runtime drill: interrupted{_logs(work_dir, ours=ours, keep=True)}")
         return _INTERRUPTED, None
-    except (DrillError, ComponentsError, LocalServiceError, ConfigurationError) as exc:
-        print(f"fargate-runtime drill: cannot run: {exc}", file=sys.stderr)  # noqa: T201 - CLI
-        print(f"(logs kept in {work_dir})", file=sys.stderr)  # noqa: T201 - CLI output
+    except (DrillError, ComponentsError) as exc:
+        _say(f"fargate-runtime drill: cannot run: {exc}{_logs(work_dir, ours=ours, keep=True)}")
         return _CANNOT_RUN, None
     report = run.report
     title = (
-        f" - {store} store, seed {config.seed}, {config.workers} workers, {config.events} "
-        f"events, stop timeout {config.stop_timeout_seconds:g} s"
+        f" - {config.store} store, seed {config.seed}, {config.workers} workers, "
+        f"{config.events} events, stop timeout {config.stop_timeout_seconds:g} s"
     )
     print(render_table(report, title=title), end="")  # noqa: T201 - the report is the output
     if args.html is not None:
         from .picture import write_picture  # only when asked: string building only
 
-        html = args.html.with_stem(f"{args.html.stem}-{store}") if several else args.html
+        html = args.html.with_stem(f"{args.html.stem}-{config.store}") if several else args.html
         write_picture(html, run.observations, report, title=title.lstrip(" -"))
-    if report.exit_code != 0 or keep:
-        print(f"ledger and worker logs: {work_dir}")  # noqa: T201 - the report is the output
-    else:
-        shutil.rmtree(work_dir, ignore_errors=True)
+    logs = _logs(work_dir, ours=ours, keep=report.exit_code != 0)
+    if logs:
+        print(logs.strip(" ()"))  # noqa: T201 - the report is the output
     return report.exit_code, report
+
+
+def _logs(work_dir: Path, *, ours: bool, keep: bool) -> str:
+    """`` (ledger and worker logs in DIR)`` when the work dir stays and holds something.
+
+    A temporary directory is removed unless ``keep`` (the logs explain a failure) and it holds
+    something; a directory named by ``--work-dir`` is the user's and is never removed.
+    """
+    holds_logs = work_dir.is_dir() and any(work_dir.iterdir())
+    if holds_logs and (keep or not ours):
+        return f" (ledger and worker logs in {work_dir})"
+    if ours:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    return ""

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 from typing import TYPE_CHECKING
 
+from .plan import STORES
+
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from .report import DrillReport
 
-__all__ = ["render_comparison"]
+__all__ = ["parse_stores", "render_comparison", "write_comparison"]
 
 # (label, figure, what it means) for each row of the comparison.
 _ROWS = (
@@ -20,6 +26,23 @@ _ROWS = (
     ("chaos kills", "chaos_kills", "SIGKILL without warning"),
     ("overruns", "overruns", "must be 0"),
 )
+
+
+def parse_stores(text: str) -> tuple[str, ...]:
+    """``--store``: ``redis``, ``postgres`` or both, comma-separated, each once, in order."""
+    stores = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [store for store in stores if store not in STORES]
+    if not stores or unknown or len(set(stores)) != len(stores):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give redis, postgres, or both separated by a comma"
+        )
+    return stores
+
+
+def write_comparison(path: Path, reports: dict[str, DrillReport]) -> None:
+    """``--json`` of a comparison: each store's figures under its name."""
+    figures = {store: report.as_json() for store, report in reports.items()}
+    path.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
 
 
 def absorbed(report: DrillReport) -> int:

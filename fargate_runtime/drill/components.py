@@ -1,22 +1,32 @@
-"""The drill's infrastructure: an SQS endpoint, a Redis, and a fresh queue with its DLQ per run.
+"""The drill's infrastructure: an SQS endpoint, a store, and a fresh queue with its DLQ per run.
 
-SQS: the configured endpoint, else moto's server mode on a free loopback port, started and
-stopped here. Redis: the one at ``REDIS_URL`` when it answers, else a private ``redis-server`` on
-a free port; ``--restart-redis`` always uses a private one (the drill never restarts a Redis it
-does not own). Queues are named after the run and deleted at the end when the endpoint is not
-ours to throw away.
+Nothing is substituted silently: a component that was named must answer, or the drill cannot
+run (``ComponentsError``, exit 2).
+
+SQS: the endpoint named (``--sqs-endpoint``), which must answer HTTP; else moto's server mode
+on a free loopback port, started and stopped here. Redis: the URL named (``--redis-url``, else
+``REDIS_URL``), which must answer PING; named nowhere, ``redis://127.0.0.1:6379`` when it
+answers, else a private ``redis-server`` on a free port (``redis_origin`` says which).
+``--restart-redis`` needs a private one (the drill never restarts a Redis it does not own), so
+it cannot be combined with a named URL. With ``--store postgres`` the store is a PostgreSQL
+instead, chosen by the same rules (``postgres``), and no Redis is needed. Queues are named after
+the run and deleted at the end when the endpoint is not ours to throw away.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import json
 import logging
 import os
 import shutil
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aioboto3
 import redis.asyncio
@@ -34,7 +44,9 @@ if TYPE_CHECKING:
 
     from types_aiobotocore_sqs import SQSClient
 
-__all__ = ["Components", "ComponentsError", "DeadLetter", "QueueDepth"]
+    from .postgres import DrillPostgres
+
+__all__ = ["Components", "ComponentsError", "DeadLetter", "QueueDepth", "RedisOrigin", "redacted"]
 
 logger = logging.getLogger("fargate_runtime.drill")
 
@@ -46,8 +58,41 @@ _MAX_DLQ_RECEIVES = 500
 _MAX_FORGOTTEN_KEYS = 1_000_000
 
 
+class RedisOrigin(enum.Enum):
+    """How the drill's Redis was chosen."""
+
+    NONE = "none"  # not started yet
+    NAMED = "named"  # --redis-url or REDIS_URL
+    DEFAULT = "default"  # nothing named, and 127.0.0.1:6379 answered
+    PRIVATE = "private"  # a redis-server the drill started (and may restart)
+
+
 class ComponentsError(RuntimeError):
     """A component cannot be had; the message says how to get it."""
+
+
+def redacted(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (a Redis URL may carry one)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    host = parts.hostname or ""
+    netloc = f"{user}{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _answers_http(url: str) -> bool:
+    """True when something answers HTTP at ``url`` (any status: an SQS endpoint answers 4xx)."""
+    if not url.startswith(("http://", "https://")):
+        return False
+    try:
+        with urllib.request.urlopen(url, timeout=2.0):  # noqa: S310 - the scheme is checked above
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +140,11 @@ class Components:
     private_redis: bool = False
     queue_url: str = ""
     dlq_url: str = ""
+    redis_origin: RedisOrigin = RedisOrigin.NONE
     moto: MotoServer | None = None
     redis: RedisServer | None = None
+    # The run's PostgreSQL (``--store postgres``), in place of Redis; started on entry.
+    postgres: DrillPostgres | None = None
     _client: SQSClient | None = None
     _client_context: Any = None
     _dead_letters: dict[str, DeadLetter] = field(default_factory=dict)
@@ -115,20 +163,25 @@ class Components:
 
     def worker_environment(self) -> dict[str, str]:
         """What a worker needs to reach these components."""
-        if self.sqs_endpoint_url is None or self.redis_url is None:
+        if self.sqs_endpoint_url is None or (self.redis_url is None and self.postgres is None):
             raise RuntimeError("components are not started")
-        return {
+        env = {
             **sqs_environment(self.sqs_endpoint_url, _REGION),
             "FARGATE_RUNTIME_SQS_QUEUE_URL": self.queue_url,
             "FARGATE_RUNTIME_SQS_ENDPOINT_URL": self.sqs_endpoint_url,
             "FARGATE_RUNTIME_SQS_REGION": _REGION,
-            "REDIS_URL": self.redis_url,
-            "FARGATE_RUNTIME_IDEMPOTENCY_REDIS_URL": self.redis_url,
         }
+        if self.postgres is not None:
+            env.update(self.postgres.worker_environment())
+        elif self.redis_url is not None:
+            env["REDIS_URL"] = env["FARGATE_RUNTIME_IDEMPOTENCY_REDIS_URL"] = self.redis_url
+        return env
 
     async def __aenter__(self) -> Components:
         try:
             await asyncio.to_thread(self._start_servers)
+            if self.postgres is not None:
+                await self.postgres.create_schema()
             await self._open_client()
             await self._create_queues()
         except BaseException:
@@ -145,6 +198,16 @@ class Components:
         await self.aclose()
 
     def _start_servers(self) -> None:
+        # What was named is checked before anything is started.
+        if self.sqs_endpoint_url is not None and not _answers_http(self.sqs_endpoint_url):
+            raise ComponentsError(
+                f"no SQS endpoint answers at {self.sqs_endpoint_url} (--sqs-endpoint): start it, "
+                "or leave the flag out and the drill starts moto's server"
+            )
+        if self.postgres is not None:
+            self.postgres.choose()
+        else:
+            self._choose_redis()
         if self.sqs_endpoint_url is None:
             self.moto = MotoServer()
             try:
@@ -152,27 +215,50 @@ class Components:
             except LocalServiceError as exc:
                 raise ComponentsError(str(exc)) from exc
             self.sqs_endpoint_url = self.moto.endpoint_url
-        url = self.redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
-        if not self.private_redis and redis_url_answers(url):
-            self.redis_url = url
+
+    def _choose_redis(self) -> None:
+        if self.private_redis and self.redis_url is not None:
+            raise ComponentsError(
+                f"--restart-redis restarts a private redis-server the drill starts itself; it will "
+                f"not restart the Redis at {redacted(self.redis_url)}: drop --redis-url or "
+                "--restart-redis"
+            )
+        if self.redis_url is not None:
+            if not redis_url_answers(self.redis_url):
+                raise ComponentsError(
+                    f"no Redis answers at {redacted(self.redis_url)} (--redis-url or REDIS_URL): "
+                    "start it, or name neither and the drill uses 127.0.0.1:6379 or its own"
+                )
+            self.redis_origin = RedisOrigin.NAMED
+            return
+        if not self.private_redis and redis_url_answers(DEFAULT_REDIS_URL):
+            self.redis_url, self.redis_origin = DEFAULT_REDIS_URL, RedisOrigin.DEFAULT
             return
         if shutil.which("redis-server") is None:
             why = (
                 "--restart-redis needs a private Redis it may restart"
                 if self.private_redis
-                else f"no Redis answers at {url}"
+                else f"no Redis answers at {DEFAULT_REDIS_URL}"
             )
             raise ComponentsError(
                 f"{why}, and redis-server is not installed: install it (Debian/Ubuntu: "
                 "apt-get install -y redis-server; macOS: brew install redis), or start one and "
-                "set REDIS_URL (e.g. docker run -p 6379:6379 redis)"
+                "pass --redis-url (e.g. docker run -p 6379:6379 redis)"
             )
         self.redis = RedisServer()
         try:
             self.redis.start()
         except LocalServiceError as exc:
             raise ComponentsError(str(exc)) from exc
-        self.redis_url = self.redis.url
+        self.redis_url, self.redis_origin = self.redis.url, RedisOrigin.PRIVATE
+
+    def describe_redis(self) -> str:
+        """Where the Redis is and why that one, for the drill's first line."""
+        url = redacted(self.redis_url or "")
+        if self.redis_origin is RedisOrigin.PRIVATE:
+            why = "--restart-redis" if self.private_redis else f"nothing at {DEFAULT_REDIS_URL}"
+            return f"{url} (a private redis-server: {why})"
+        return url
 
     async def _open_client(self) -> None:
         session = aioboto3.Session(
@@ -295,6 +381,8 @@ class Components:
             with contextlib.suppress(Exception):
                 await self._client_context.__aexit__(None, None, None)
             self._client = None
+        if self.postgres is not None:
+            await self.postgres.aclose()
         servers: list[MotoServer | RedisServer] = [s for s in (self.redis, self.moto) if s]
         for server in servers:
             await asyncio.to_thread(server.close)

@@ -8,6 +8,7 @@ Ctrl-C (or SIGTERM) stops what it started; a Redis it did not start is left alon
 from __future__ import annotations
 
 import asyncio
+import os
 import shlex
 import signal
 import sys
@@ -37,7 +38,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--private-redis",
         action="store_true",
-        help="start a private redis-server even when REDIS_URL answers",
+        help="start a private redis-server (default: REDIS_URL, which must answer; unset: "
+        "127.0.0.1:6379 if it answers, else a private one)",
     )
     parser.add_argument(
         "--ledger",
@@ -63,6 +65,7 @@ def environment_for(components: Components, *, ledger: str) -> dict[str, str]:
 async def _serve(args: argparse.Namespace) -> int:
     components = Components(
         run_id="local",
+        redis_url=None if args.private_redis else os.environ.get("REDIS_URL"),
         queue_name=args.queue,
         max_receive_count=args.max_receive_count,
         private_redis=args.private_redis,
@@ -75,11 +78,10 @@ async def _serve(args: argparse.Namespace) -> int:
         async with components:
             env = environment_for(components, ledger=args.ledger)
             exports = "\n".join(f"export {k}={shlex.quote(v)}" for k, v in env.items())
-            redis_owner = "private" if components.redis is not None else "REDIS_URL"
             print(  # noqa: T201 - this command's output is for people
                 f"SQS (moto) at {components.sqs_endpoint_url}, queue {components.queue_url}\n"
                 f"  DLQ {components.dlq_url} (maxReceiveCount {args.max_receive_count})\n"
-                f"Redis at {components.redis_url} ({redis_owner})\n\n"
+                f"Redis at {components.describe_redis()}\n\n"
                 "In another shell:\n\n"
                 f"{exports}\n"
                 f"fargate-runtime run {DEFAULT_WORKER}\n",

@@ -2,13 +2,15 @@
 
 ::
 
-    w1  ──starting──████████ running ████████▓▓drain▓▓| exit 0
+    w1  ──starting──████████ running ████████▼▓▓drain▓▓| 1.52 s   ¦ exit 0
     w2  ──starting──██████████████████ ✕ hard kill
-    w4            ──starting──██████████████████████████▓▓| exit 0
-        ┆ Redis restart
+    w4            ──starting──██████████████████████████▼▓▓| 0.80 s  ¦ exit 0
+        ┆ Redis restart                                 ▼ SIGTERM   ¦ stop-timeout deadline
     charges/s  ▁▂▅▇▇▆▇▅▃▁      (applied; duplicate attempts stacked on top)
 
 One row per worker process (a replacement gets its own row), all rows on the drill's clock.
+Each drain carries its length as text; the dashed tick after a SIGTERM is where ECS would send
+SIGKILL (the stop timeout). The legend lists only what the picture shows.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
     from .report import DrillReport, Observations
     from .workers import WorkerSummary
 
-__all__ = ["render_page", "render_svg", "write_picture"]
+__all__ = ["render_legend", "render_page", "render_svg", "write_picture"]
 
 _WIDTH = 1100
 _LEFT = 120  # room for row labels
@@ -44,6 +46,21 @@ _COLORS = {
     "applied": "#2f9e5b",
     "duplicate": "#e8702a",
     "restart": "#8a3ffc",
+    "sigterm": "#333333",
+    "deadline": "#d1342f",
+}
+# The legend, in this order; each entry shown only when the picture draws it.
+_LEGEND = {
+    "starting": ("starting", "bar"),
+    "running": ("running", "bar"),
+    "drain": ("drain (SIGTERM to exit, seconds written beside it)", "bar"),
+    "overrun": ("overrun: SIGKILL at the stop timeout", "bar"),
+    "sigterm": ("SIGTERM", "triangle"),
+    "deadline": ("stop-timeout deadline (ECS's SIGKILL)", "tick"),
+    "hard_kill": ("SIGKILL without warning (hard kill)", "cross"),
+    "restart": ("Redis restart", "dashed"),
+    "applied": ("charged", "bar"),
+    "duplicate": ("duplicate charge attempt", "bar"),
 }
 
 
@@ -51,7 +68,9 @@ def _x(seconds: float, span: float) -> float:
     return _LEFT + max(0.0, seconds) / span * (_WIDTH - _LEFT - _RIGHT)
 
 
-def _row(worker: WorkerSummary, y: float, span: float, end: float) -> list[str]:
+def _row(
+    worker: WorkerSummary, y: float, span: float, end: float, *, stop_timeout: float, used: set[str]
+) -> list[str]:
     """One worker's life: starting, running, drain, SIGTERM/SIGKILL marks, exit code."""
     parts = [
         f'<g class="worker" id="worker-{html.escape(worker.name)}">',
@@ -62,43 +81,60 @@ def _row(worker: WorkerSummary, y: float, span: float, end: float) -> list[str]:
     ready = worker.ready_at if worker.ready_at is not None else gone
     stop = min(x for x in (worker.sigterm_at, worker.sigkill_at, gone) if x is not None)
 
-    def bar(start: float, finish: float, color: str, title: str, height: float = 12) -> None:
+    def bar(start: float, finish: float, kind: str, title: str, height: float = 12) -> None:
         x0, x1 = _x(start, span), _x(finish, span)
         top = y + (_ROW - height) / 2
+        used.add(kind)
         parts.append(
-            f'<rect x="{x0:.1f}" y="{top:.1f}" width="{max(1.0, x1 - x0):.1f}" '
-            f'height="{height}" fill="{color}"><title>{html.escape(title)}</title></rect>'
+            f'<rect class="{kind}" x="{x0:.1f}" y="{top:.1f}" width="{max(1.0, x1 - x0):.1f}" '
+            f'height="{height}" fill="{_COLORS[kind]}"><title>{html.escape(title)}</title></rect>'
         )
 
-    bar(worker.started_at, ready, _COLORS["starting"], f"{worker.name} starting", height=4)
+    bar(worker.started_at, ready, "starting", f"{worker.name} starting", height=4)
     if ready < stop:
-        bar(ready, stop, _COLORS["running"], f"{worker.name} running")
+        bar(ready, stop, "running", f"{worker.name} running")
     if worker.sigterm_at is not None:
         drain_end = worker.exited_at if worker.exited_at is not None else end
-        overrun = worker.end is EndKind.OVERRUN
-        color = _COLORS["overrun" if overrun else "drain"]
+        kind = "overrun" if worker.end is EndKind.OVERRUN else "drain"
         seconds = drain_end - worker.sigterm_at
-        bar(worker.sigterm_at, drain_end, color, f"drain {seconds:.2f} s (SIGTERM to exit)")
+        bar(worker.sigterm_at, drain_end, kind, f"drain {seconds:.2f} s (SIGTERM to exit)")
         x = _x(worker.sigterm_at, span)
+        used.add("sigterm")
         parts.append(
-            f'<path d="M{x:.1f},{y + 1} l-5,-6 h10 z" fill="#333">'
+            f'<path class="sigterm" d="M{x:.1f},{y + 1} l-5,-6 h10 z" fill="{_COLORS["sigterm"]}">'
             f"<title>SIGTERM at {worker.sigterm_at:.2f} s</title></path>"
+        )
+        # Where ECS would SIGKILL: the drain must end before this tick.
+        deadline = _x(worker.sigterm_at + stop_timeout, span)
+        used.add("deadline")
+        parts.append(
+            f'<line class="deadline" x1="{deadline:.1f}" y1="{y + 2}" x2="{deadline:.1f}" '
+            f'y2="{y + _ROW - 2}" stroke="{_COLORS["deadline"]}" stroke-width="1.5" '
+            f'stroke-dasharray="2,2"><title>stop-timeout deadline at '
+            f"{worker.sigterm_at + stop_timeout:.2f} s</title></line>"
+        )
+        parts.append(
+            f'<text class="drain-seconds" x="{_x(drain_end, span) + 4:.1f}" y="{y + 9}">'
+            f"{seconds:.2f} s</text>"
         )
     if worker.sigkill_at is not None:
         x, mid = _x(worker.sigkill_at, span), y + _ROW / 2
-        what = "SIGKILL (overrun)" if worker.end is EndKind.OVERRUN else "SIGKILL (hard kill)"
+        overrun = worker.end is EndKind.OVERRUN
+        what = "SIGKILL (overrun)" if overrun else "SIGKILL (hard kill)"
+        used.add("overrun" if overrun else "hard_kill")
         parts.append(
-            f'<path d="M{x - 5:.1f},{mid - 5} l10,10 m0,-10 l-10,10" stroke="{_COLORS["overrun"]}"'
-            f' stroke-width="2.5"><title>{what} at {worker.sigkill_at:.2f} s</title></path>'
+            f'<path class="sigkill" d="M{x - 5:.1f},{mid - 5} l10,10 m0,-10 l-10,10" '
+            f'stroke="{_COLORS["overrun"]}" stroke-width="2.5">'
+            f"<title>{what} at {worker.sigkill_at:.2f} s</title></path>"
         )
     if worker.exit_code is not None:
         code = "killed" if worker.exit_code == -9 else f"exit {worker.exit_code}"
-        parts.append(f'<text x="{_x(gone, span) + 8:.1f}" y="{y + 16}" class="code">{code}</text>')
+        parts.append(f'<text x="{_x(gone, span) + 8:.1f}" y="{y + 21}" class="code">{code}</text>')
     parts.append("</g>")
     return parts
 
 
-def _chart(seen: Observations, top: float, span: float) -> list[str]:
+def _chart(seen: Observations, top: float, span: float, used: set[str]) -> list[str]:
     """Charges per second: applied in green, duplicate attempts stacked in orange."""
     applied: Counter[int] = Counter()
     duplicates: Counter[int] = Counter()
@@ -121,6 +157,7 @@ def _chart(seen: Observations, top: float, span: float) -> list[str]:
     for second in sorted(applied | duplicates):
         x = _x(float(second), span)
         ok, dup = applied[second] * scale, duplicates[second] * scale
+        used.update(kind for kind, count in (("applied", ok), ("duplicate", dup)) if count)
         if ok:
             parts.append(
                 f'<rect x="{x:.1f}" y="{base - ok:.1f}" width="{width:.1f}" height="{ok:.1f}" '
@@ -136,15 +173,16 @@ def _chart(seen: Observations, top: float, span: float) -> list[str]:
     return parts
 
 
-def render_svg(seen: Observations) -> str:
-    """The timeline as one ``<svg>`` element."""
+def render_svg(seen: Observations, used: set[str] | None = None) -> str:
+    """The timeline as one ``<svg>`` element; ``used`` collects what it draws (for the legend)."""
+    used = set() if used is None else used
     workers = sorted(seen.workers, key=lambda w: w.started_at)
     end = max(seen.duration_seconds, 1.0)
     span = math.ceil(end / 5) * 5.0
     rows_height = len(workers) * _ROW
     height = _TOP + rows_height + 30 + _CHART + 40
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{_WIDTH}" height="{height}" '
+        f'<svg xmlns="http://www.w3.org/2000/svg" id="timeline" width="{_WIDTH}" height="{height}" '
         f'viewBox="0 0 {_WIDTH} {height}" font-family="sans-serif" font-size="12">',
         "<style>.label{fill:#222}.dim{fill:#777;font-size:10px}.code{fill:#222;font-size:11px}"
         "</style>",
@@ -157,10 +195,13 @@ def render_svg(seen: Observations) -> str:
             f'<line x1="{x:.1f}" y1="{_TOP - 6}" x2="{x:.1f}" y2="{bottom}" stroke="#eee"/>'
             f'<text x="{x:.1f}" y="{bottom + 16}" text-anchor="middle" class="dim">{tick} s</text>'
         )
+    stop_timeout = seen.budget.stop_timeout_seconds
     for index, worker in enumerate(workers):
-        parts.extend(_row(worker, _TOP + index * _ROW, span, end))
+        y = _TOP + index * _ROW
+        parts.extend(_row(worker, y, span, end, stop_timeout=stop_timeout, used=used))
     for incident in seen.incidents:
         if incident.kind is IncidentKind.REDIS_RESTART:
+            used.add("restart")
             x = _x(incident.at, span)
             parts.append(
                 f'<line x1="{x:.1f}" y1="{_TOP - 10}" x2="{x:.1f}" y2="{bottom}" '
@@ -175,36 +216,51 @@ def render_svg(seen: Observations) -> str:
         f'<line x1="{start:.1f}" y1="{_TOP - 20}" x2="{start:.1f}" y2="{bottom}" '
         'stroke="#999" stroke-dasharray="2,3"/>'
     )
-    parts.extend(_chart(seen, _TOP + rows_height + 30, span))
+    parts.extend(_chart(seen, _TOP + rows_height + 30, span, used))
     parts.append("</svg>")
     return "\n".join(parts)
 
 
+def _swatch(kind: str, shape: str) -> str:
+    color = _COLORS["overrun" if kind == "hard_kill" else kind]
+    drawn = {
+        "bar": f'<rect x="0" y="2" width="14" height="10" fill="{color}"/>',
+        "triangle": f'<path d="M2,2 h10 l-5,7 z" fill="{color}"/>',
+        "tick": f'<line x1="7" y1="0" x2="7" y2="14" stroke="{color}" stroke-width="1.5" '
+        'stroke-dasharray="2,2"/>',
+        "cross": f'<path d="M2,2 l10,10 m0,-10 l-10,10" stroke="{color}" stroke-width="2.5"/>',
+        "dashed": f'<line x1="7" y1="0" x2="7" y2="14" stroke="{color}" stroke-width="2" '
+        'stroke-dasharray="4,3"/>',
+    }[shape]
+    return f'<svg width="14" height="14" viewBox="0 0 14 14" aria-hidden="true">{drawn}</svg>'
+
+
+def render_legend(used: set[str]) -> str:
+    """The legend: an entry per kind of mark the picture draws, none for what did not happen."""
+    entries = [
+        f'<span data-kind="{kind}">{_swatch(kind, shape)}{html.escape(name)}</span>'
+        for kind, (name, shape) in _LEGEND.items()
+        if kind in used
+    ]
+    return f"<p class='legend'>{''.join(entries)}</p>"
+
+
 def render_page(seen: Observations, report: DrillReport, *, title: str = "") -> str:
     """The whole HTML page: heading, legend, picture, and the report as text."""
-    legend = "".join(
-        f'<span><i style="background:{color}"></i>{html.escape(name)}</span>'
-        for name, color in (
-            ("starting", _COLORS["starting"]),
-            ("running", _COLORS["running"]),
-            ("drain (SIGTERM to exit)", _COLORS["drain"]),
-            ("overrun / SIGKILL", _COLORS["overrun"]),
-            ("charged", _COLORS["applied"]),
-            ("duplicate attempt", _COLORS["duplicate"]),
-            ("Redis restart", _COLORS["restart"]),
-        )
-    )
+    used: set[str] = set()
+    svg = render_svg(seen, used)
     verdict = "passed" if report.exit_code == 0 else "FAILED"
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         f"<title>fargate-runtime drill: {verdict}</title><style>"
         "body{font-family:sans-serif;margin:24px;color:#222}"
-        ".legend span{margin-right:16px;font-size:13px}"
-        ".legend i{display:inline-block;width:12px;height:12px;margin-right:4px;"
-        "vertical-align:middle}pre{background:#f6f6f6;padding:12px;overflow-x:auto}"
+        ".legend span{margin-right:16px;font-size:13px;white-space:nowrap}"
+        ".legend svg{vertical-align:middle;margin-right:4px}"
+        ".drain-seconds{fill:#7a5200;font-size:10px}"
+        "pre{background:#f6f6f6;padding:12px;overflow-x:auto}"
         "</style></head><body>\n"
         f"<h1>fargate-runtime drill: {verdict}</h1>\n<p>{html.escape(title)}</p>\n"
-        f"<p class='legend'>{legend}</p>\n{render_svg(seen)}\n"
+        f"{render_legend(used)}\n{svg}\n"
         f"<pre>{html.escape(render_table(report))}</pre>\n</body></html>\n"
     )
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "DEFAULT_WORKER",
+    "STORES",
     "DrillConfig",
     "Interruption",
     "Plan",
@@ -26,7 +27,9 @@ __all__ = [
     "build_plan",
 ]
 
-DEFAULT_WORKER = "examples.sqs_worker.app:app"
+DEFAULT_WORKER = "fargate_runtime.drill.worker:app"
+# Where the workers keep idempotency records (``--store``).
+STORES = ("redis", "postgres")
 _ACCOUNTS = 25
 
 
@@ -45,7 +48,13 @@ class DrillConfig:
     out_of_order_share: float = 0.2
     malformed_share: float = 0.0
     hard_kill_share: float = 0.0
+    # Share of events whose first delivery misbehaves (blocks the loop, spins, swallows
+    # cancellation, or charges from a thread) for longer than the stop timeout.
+    misbehave_share: float = 0.0
     restart_redis: bool = False
+    # "postgres": the workers keep their records in PostgreSQL and charge inside the handler's
+    # transaction (the default worker's PAYMENTS_LEDGER=postgres), in the run's own schema.
+    store: str = "redis"
     stop_timeout_seconds: float = 10.0
     worker: str = DEFAULT_WORKER
     seed: int = 1
@@ -72,6 +81,7 @@ class DrillConfig:
             "out_of_order_share",
             "malformed_share",
             "hard_kill_share",
+            "misbehave_share",
         ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -86,6 +96,13 @@ class DrillConfig:
             found.append("--max-receive-count must be between 1 and 1000 (SQS redrive limit)")
         if self.timeout_seconds <= 0:
             found.append("--timeout must be positive")
+        if self.store not in STORES:
+            found.append(f"--store must be one of {', '.join(STORES)} (got {self.store!r})")
+        if self.store != "redis" and (self.restart_redis or self.misbehave_share > 0):
+            flag = "--restart-redis" if self.restart_redis else "--misbehave-share"
+            found.append(
+                f"{flag} is drilled on the redis store only: drop it with --store postgres"
+            )
         if ":" not in self.worker:
             found.append(f"--worker must look like MODULE:ATTR (got {self.worker!r})")
         return found

@@ -14,6 +14,8 @@ How each figure is counted (also in ``--help`` and the README)::
     handler_executions          handler runs the worker recorded (else: charge_attempts)
     sigterms                    SIGTERMs sent: interruptions and the final scale-in
     overruns                    workers SIGKILLed at the stop timeout after their SIGTERM
+    forced_exits                workers the runtime's watchdog ended at the hard deadline
+                                (exit 70): work it could not stop (--misbehave-share)
     chaos_kills                 SIGKILLs without warning (--hard-kill-share)
     drain_seconds_p50/p95/max   SIGTERM -> process exit, measured by the drill
     drain_budget_seconds        stop timeout minus the runtime's margin: all a drain may use
@@ -24,7 +26,9 @@ How each figure is counted (also in ``--help`` and the README)::
     duration_seconds            the whole drill, components started to last worker gone
 
 The drill passes (exit 0) only when lost = 0, double_charges = 0, overruns = 0, no worker exited
-on its own (a crash), and every duplicate attempt is explained by a hard kill or a Redis restart.
+on its own (a crash), and every duplicate attempt is explained by a hard kill or a Redis restart
+(with ``--misbehave-share``, also by a misbehaving handler's forced exit or drain deadline, as
+long as the provider saw the same key: cut work is retried, never charged twice).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .explanations import FORCED_EXIT_CODE, Explanation, explain
 from .interrupter import IncidentKind
 from .workers import EndKind
 
@@ -41,7 +46,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from ..settings import ShutdownBudget
-    from .accounting import LedgerSnapshot, RecordedRequest
+    from .accounting import LedgerSnapshot
     from .components import DeadLetter
     from .interrupter import Incident
     from .plan import Plan
@@ -62,6 +67,7 @@ JSON_FIELDS = (
     "handler_executions",
     "sigterms",
     "overruns",
+    "forced_exits",
     "chaos_kills",
     "drain_seconds_p50",
     "drain_seconds_p95",
@@ -73,15 +79,8 @@ JSON_FIELDS = (
     "events_per_second",
     "duration_seconds",
 )
-# Clocks of two processes (wall time in the ledger, monotonic here) agree to a few ms.
-_CLOCK_SLACK_SECONDS = 0.05
-# A claim taken this long before a Redis restart may still have been alive when it was erased
-# (leases follow the visibility timeout, 20 s by default; heartbeats renew them).
-_LEASE_HORIZON_SECONDS = 60.0
-# A completion record follows its charge within a flush interval or two (0.1 s each); a kill
-# this soon after the charge most likely came before it.
-_KILL_SOON_SECONDS = 2.0
 _LISTED = 10  # at most this many examples per failure
+_FORCED = FORCED_EXIT_CODE
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,17 +100,7 @@ class Observations:
     timed_out: bool = False
     left_in_queue: int = 0
     skipped_interruptions: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Explanation:
-    """Why one duplicate attempt happened; ``excused`` when a hard kill or a restart explains it."""
-
-    event_id: str
-    at: float
-    cause: str
-    text: str
-    excused: bool
+    misbehave_share: float = 0.0
 
 
 @dataclass(slots=True)
@@ -130,6 +119,7 @@ class DrillReport:
     handler_executions: int
     sigterms: int
     overruns: int
+    forced_exits: int
     chaos_kills: int
     drain_seconds_p50: float
     drain_seconds_p95: float
@@ -176,88 +166,6 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
 
 
-def _explain(
-    previous: RecordedRequest,
-    duplicate: RecordedRequest,
-    *,
-    wall_start: float,
-    by_pid: dict[int, WorkerSummary],
-    incidents: tuple[Incident, ...],
-) -> Explanation:
-    """Find what made ``duplicate`` happen after ``previous`` (same event)."""
-    start, end = previous.at - wall_start, duplicate.at - wall_start
-    first = by_pid.get(previous.pid)
-    who = first.describe() if first is not None else f"pid {previous.pid}"
-    again = by_pid.get(duplicate.pid)
-    again_who = again.describe() if again is not None else f"pid {duplicate.pid}"
-    head = (
-        f"{duplicate.event_id}: request at {end:.2f} s by {again_who} after {who} at {start:.2f} s"
-    )
-    key_note = ""
-    if duplicate.idempotency_key != previous.idempotency_key:
-        key_note = " (with a different idempotency key, so the provider charged it again)"
-
-    def made(cause: str, text: str, *, excused: bool) -> Explanation:
-        return Explanation(duplicate.event_id, end, cause, f"{head}: {text}{key_note}", excused)
-
-    low, high = start - _CLOCK_SLACK_SECONDS, end + _CLOCK_SLACK_SECONDS
-    kills = [
-        incident
-        for incident in incidents
-        if incident.pid == previous.pid
-        and incident.kind in {IncidentKind.HARD_KILL, IncidentKind.OVERRUN_KILL}
-        and low <= incident.at <= high
-    ]
-    restarts = [
-        incident
-        for incident in incidents
-        if incident.kind is IncidentKind.REDIS_RESTART
-        and start - _LEASE_HORIZON_SECONDS <= incident.at <= high
-    ]
-
-    def killed(kill: Incident, hedge: str) -> Explanation:
-        how = "hard kill" if kill.kind is IncidentKind.HARD_KILL else "SIGKILL at the stop timeout"
-        return made(
-            "hard_kill" if kill.kind is IncidentKind.HARD_KILL else "overrun_kill",
-            f"the {how} of {who} at {kill.at:.2f} s ({kill.at - start:.2f} s after its charge) "
-            f"{hedge}fell between its charge and its completion record",
-            excused=True,
-        )
-
-    # A kill soon after the charge is the likeliest cause; a Redis restart next (it erases
-    # claims and completed records alike); a kill long after the charge last, hedged.
-    if kills and kills[0].at - start <= _KILL_SOON_SECONDS:
-        return killed(kills[0], "")
-    if restarts:
-        return made(
-            "redis_restart",
-            f"the Redis restart at {restarts[0].at:.2f} s erased the event's claim or completed "
-            "record",
-            excused=True,
-        )
-    if kills:
-        return killed(kills[0], "most likely ")
-    if first is not None and first.exited_at is not None and low <= first.exited_at <= high:
-        if first.exit_code == 75:
-            return made(
-                "drain_deadline",
-                f"{who}'s drain deadline cancelled the handler after its charge (exit 75): the "
-                "handler outlasts the drain budget",
-                excused=False,
-            )
-        return made(
-            "crash",
-            f"{who} exited with code {first.exit_code} after its charge, before completing it",
-            excused=False,
-        )
-    return made(
-        "unexplained",
-        "no kill or restart explains it: the handler ran again for a key that was already "
-        "charged (the runtime's duplicate suppression did not hold)",
-        excused=False,
-    )
-
-
 def _drain_figures(workers: tuple[WorkerSummary, ...]) -> tuple[float, float, float]:
     drains = [w.drain_seconds for w in workers if w.drain_seconds is not None]
     return (
@@ -292,6 +200,7 @@ def build_report(seen: Observations) -> DrillReport:
         handler_executions=counts.handler_executions,
         sigterms=kinds.count(IncidentKind.SIGTERM) + kinds.count(IncidentKind.FINAL_SIGTERM),
         overruns=kinds.count(IncidentKind.OVERRUN_KILL),
+        forced_exits=sum(1 for w in seen.workers if w.exit_code == _FORCED),
         chaos_kills=kinds.count(IncidentKind.HARD_KILL),
         drain_seconds_p50=p50,
         drain_seconds_p95=p95,
@@ -312,12 +221,13 @@ def build_report(seen: Observations) -> DrillReport:
     )
     by_pid = {w.pid: w for w in seen.workers}
     report.explanations = [
-        _explain(
+        explain(
             previous,
             duplicate,
             wall_start=seen.wall_start,
             by_pid=by_pid,
             incidents=seen.incidents,
+            misbehaving=seen.misbehave_share > 0,
         )
         for previous, duplicate in seen.ledger.duplicate_requests()
     ]
@@ -367,6 +277,11 @@ def _judge(
             failures.append(
                 f"crash: {worker.describe()} exited by itself with code {worker.exit_code}: "
                 f"{errors} (log: {worker.log_path})"
+            )
+        elif worker.exit_code == _FORCED:
+            notes.append(
+                f"{worker.describe()} was ended at the hard deadline (exit 70): its log names the "
+                "code that would not stop"
             )
         elif worker.exit_code == 75:
             notes.append(

@@ -68,10 +68,9 @@ class DrillOptions:
     redis_url: str | None = None
     worker_environment: dict[str, str] = field(default_factory=dict)
     app_dir: str = "."
-    # Where the workers keep idempotency records: "redis", or "postgres" (their charges then
-    # commit in the handler's transaction, in the run's own schema).
-    store: str = "redis"
+    # The PostgreSQL named for ``store="postgres"`` runs (it must answer); None: find one.
     postgres_url: str | None = None
+    keep_work_dir: bool = False  # announce the work dir at start only when it will be kept
     progress: Progress = field(default_factory=lambda: Progress(enabled=False))
 
 
@@ -109,9 +108,22 @@ def _worker_environment(
             "FARGATE_RUNTIME_SERVICE_NAME": "drill-worker",
             "FARGATE_RUNTIME_IDEMPOTENCY_KEY_PREFIX": _key_prefix(config),
             LEDGER_PATH_ENV: str(ledger),
-            "PAYMENTS_LEDGER_PATH": str(ledger),  # examples/sqs_worker's own setting
+            "PAYMENTS_LEDGER_PATH": str(ledger),  # the payment workers' own setting
         }
     )
+    if components.postgres is not None:
+        # The drill's worker charges inside the handler's transaction, in the run's schema.
+        env["PAYMENTS_LEDGER"] = "postgres"
+        env["PAYMENTS_POSTGRES_SCHEMA"] = components.postgres.schema
+    if config.misbehave_share > 0:
+        env.update(
+            {
+                "PAYMENTS_MISBEHAVE_SHARE": f"{config.misbehave_share:g}",
+                # Longer than the whole stop timeout: only the runtime can end it in time.
+                "PAYMENTS_MISBEHAVE_SECONDS": f"{config.stop_timeout_seconds + 2:g}",
+                "PAYMENTS_MISBEHAVE_SEED": str(config.seed),
+            }
+        )
     env.update(options.worker_environment)
     return env
 
@@ -148,13 +160,6 @@ class _Drill:
         self.crash_restarts = 0
         self.postgres: DrillPostgres | None = None
 
-    async def run(self) -> DrillRun:
-        if self.options.store != "postgres":
-            return await self._run()
-        async with DrillPostgres(run_id=self.config.run_id, url=self.options.postgres_url) as pg:
-            self.postgres = pg
-            return await self._run()
-
     async def _ledger(self) -> LedgerSnapshot:
         if self.postgres is not None:
             return await self.postgres.snapshot(self.ledger_path)
@@ -166,30 +171,30 @@ class _Drill:
         charged, _ = await asyncio.to_thread(charged_event_count, self.ledger_path)
         return charged
 
-    async def _run(self) -> DrillRun:
+    async def run(self) -> DrillRun:
         config, progress = self.config, self.options.progress
+        if config.store == "postgres":
+            self.postgres = DrillPostgres(run_id=config.run_id, url=self.options.postgres_url)
         async with Components(
             run_id=config.run_id,
             max_receive_count=config.max_receive_count,
             sqs_endpoint_url=self.options.sqs_endpoint_url,
             redis_url=self.options.redis_url,
             private_redis=config.restart_redis,
+            postgres=self.postgres,
         ) as components:
-            store = f"Redis {components.redis_url}" + (
-                " (private)" if components.redis is not None else ""
+            store = (
+                f"PostgreSQL {self.postgres.describe()}"
+                if self.postgres is not None
+                else f"Redis {components.describe_redis()}"
             )
-            if self.postgres is not None:
-                private = " (private)" if self.postgres.server is not None else ""
-                store = f"PostgreSQL {self.postgres.schema}{private}"
+            kept = f", logs in {self.options.work_dir}" if self.options.keep_work_dir else ""
             progress.say(
-                f"drill: SQS {components.sqs_endpoint_url}, {store}, queue "
-                f"{components.queue_url.rsplit('/', 1)[-1]}, logs in {self.options.work_dir}"
+                f"drill: SQS {components.sqs_endpoint_url}, {store}, "
+                f"queue {components.queue_url.rsplit('/', 1)[-1]}{kept}"
             )
             create_ledger(self.ledger_path)
             env = _worker_environment(config, self.options, components, self.ledger_path)
-            if self.postgres is not None:
-                env.update(self.postgres.worker_environment())
-                env.update(self.options.worker_environment)  # the user's --worker-env wins
             fleet = Fleet(
                 config.worker,
                 environment=env,
@@ -254,6 +259,7 @@ class _Drill:
             timed_out=timed_out,
             left_in_queue=self.depth.total,
             skipped_interruptions=interrupter.skipped,
+            misbehave_share=self.config.misbehave_share,
         )
         return DrillRun(build_report(observations), observations, self.ledger_path)
 

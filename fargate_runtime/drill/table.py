@@ -8,13 +8,28 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .report import DrillReport
 
-__all__ = ["render_table"]
+__all__ = ["duplicate_summary", "render_table"]
 
 _EXPLANATIONS_SHOWN = 20
 
 
 def _seconds(value: float) -> str:
     return f"{value:.2f}"
+
+
+def duplicate_summary(report: DrillReport) -> str:
+    """``3 explained by a hard kill or a Redis restart, 2 not: crash 2`` (the row and the list).
+
+    One wording and one count for both places: explained means excused by a kill or a Redis
+    restart; everything else is listed by its cause.
+    """
+    explained = len(report.explanations) - len(report.unexplained_duplicates)
+    text = f"{explained} explained by a hard kill or a Redis restart"
+    causes = Counter(e.cause.replace("_", " ") for e in report.unexplained_duplicates)
+    if causes:
+        listed = ", ".join(f"{cause} {count}" for cause, count in causes.most_common())
+        text += f", {len(report.unexplained_duplicates)} not: {listed}"
+    return text
 
 
 def render_table(report: DrillReport, *, title: str = "") -> str:
@@ -24,7 +39,6 @@ def render_table(report: DrillReport, *, title: str = "") -> str:
     unique_detail = f"{r.unique_events} unique + {r.duplicates_sent} duplicates"
     if r.malformed_sent:
         unique_detail += f" + {r.malformed_sent} malformed"
-    explained = len(r.explanations) - len(r.unexplained_duplicates)
     executions_detail = "" if r.executions_recorded else "(counted from charge requests)"
     rows: list[tuple[str, str, str]] = [
         ("events sent", str(r.events_sent), f"({unique_detail})"),
@@ -36,7 +50,7 @@ def render_table(report: DrillReport, *, title: str = "") -> str:
         (
             "duplicate attempts",
             str(r.duplicate_attempts),
-            f"({explained} explained by a kill or a Redis restart)" if r.explanations else "",
+            f"({duplicate_summary(r)})" if r.explanations else "",
         ),
         ("double charges", str(r.double_charges), "must be 0"),
         ("handler executions", str(r.handler_executions), executions_detail),
@@ -46,6 +60,7 @@ def render_table(report: DrillReport, *, title: str = "") -> str:
             f"({r.interruptions} interruptions + {r.sigterms - r.interruptions} at the end)",
         ),
         ("SIGKILLs: overruns", str(r.overruns), "must be 0"),
+        ("forced exits", str(r.forced_exits), "(exit 70: work the runtime could not stop)"),
         ("SIGKILLs: chaos", str(r.chaos_kills), "(hard kills, no warning)"),
         ("Redis restarts", str(r.redis_restarts), ""),
         ("drain p50", f"{_seconds(r.drain_seconds_p50)} s", "(SIGTERM to exit)"),
@@ -73,9 +88,7 @@ def render_table(report: DrillReport, *, title: str = "") -> str:
         for label, value, detail in rows
     ]
     if r.explanations:
-        causes = Counter(e.cause.replace("_", " ") for e in r.explanations)
-        summary = ", ".join(f"{cause} {count}" for cause, count in causes.most_common())
-        lines += ["", f"Duplicate attempts and their causes ({summary}):"]
+        lines += ["", f"Duplicate attempts ({len(r.explanations)}: {duplicate_summary(r)}):"]
         for explanation in r.explanations[:_EXPLANATIONS_SHOWN]:
             mark = "explained" if explanation.excused else "NOT EXPLAINED"
             lines.append(f"  [{mark}] {explanation.text}")

@@ -31,6 +31,9 @@ CONSUMER_STOPPED = "sqs consumer stopped"
 # A JSON line with a traceback can be long; asyncio's default line limit is 64 KiB.
 _LINE_LIMIT = 1024 * 1024
 _KEPT_ERRORS = 5
+# The runtime's blocked-loop detector's lines (the watchdog's), with ``blocked_seconds``.
+LOOP_BLOCKED = "event loop blocked"
+LOOP_UNBLOCKED = "event loop unblocked"
 
 
 class Clock:
@@ -80,6 +83,8 @@ class WorkerSummary:
     errors: tuple[str, ...] = ()
     last_line: str = ""
     log_path: str = ""
+    # (start, end) of each time its event loop was blocked past the runtime's threshold.
+    stalls: tuple[tuple[float, float], ...] = ()
 
     @property
     def drain_seconds(self) -> float | None:
@@ -114,6 +119,8 @@ class WorkerProcess:
     errors: list[str] = field(default_factory=list)
     last_line: str = ""
     lines: int = 0
+    stalls: list[tuple[float, float]] = field(default_factory=list)
+    _stall_started: float | None = None
     _exited: asyncio.Event = field(default_factory=asyncio.Event)
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -173,6 +180,7 @@ class WorkerProcess:
             errors=tuple(self.errors),
             last_line=self.last_line,
             log_path=str(self.log_path),
+            stalls=tuple(self.stalls),
         )
 
 
@@ -237,6 +245,8 @@ class Fleet:
         code = await worker.process.wait()
         worker.exited_at = self._clock.now()
         worker.exit_code = code
+        if worker._stall_started is not None:  # ended while blocked (a forced exit)
+            worker.stalls.append((worker._stall_started, worker.exited_at))
         if worker.end is EndKind.RUNNING:
             worker.end = EndKind.DRAINED if worker.sigterm_at is not None else EndKind.EXITED
         worker._exited.set()
@@ -258,11 +268,25 @@ class Fleet:
             worker._ready.set()
         elif phase == "draining" and worker.draining_at is None:
             worker.draining_at = self._clock.now()
-        if line.get("message") == CONSUMER_STOPPED:
+        message = line.get("message")
+        if message == CONSUMER_STOPPED:
             worker.stats = {k: v for k, v in line.items() if isinstance(v, int)}
+        elif message in (LOOP_BLOCKED, LOOP_UNBLOCKED):
+            self._note_stall(worker, message, line.get("blocked_seconds"))
         level = line.get("level")
         if level in {"ERROR", "CRITICAL"} and len(worker.errors) < _KEPT_ERRORS:
             worker.errors.append(str(line.get("message", text)))
+
+    def _note_stall(self, worker: WorkerProcess, message: str, seconds: object) -> None:
+        """The runtime's blocked-loop detector spoke: open or close a stall."""
+        if not isinstance(seconds, int | float):
+            return
+        now = self._clock.now()
+        if message == LOOP_BLOCKED:
+            worker._stall_started = now - seconds
+        else:
+            worker.stalls.append((now - seconds, now))
+            worker._stall_started = None
 
     def send(self, worker: WorkerProcess, signum: signal.Signals) -> bool:
         """Signal ``worker``; False when it had already exited."""

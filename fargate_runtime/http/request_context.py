@@ -1,11 +1,14 @@
 """A request id on every log line of a request, echoed to the client, and one JSON line per request.
 
 Behind an ALB, the load balancer's ``X-Amzn-Trace-Id`` is logged alongside, so one request can
-be followed from the ALB access log to the app's lines.
+be followed from the ALB access log to the app's lines. An exception leaving the request takes
+the request's fields along (``bind_log_context``), so the server's own traceback line for it
+("Exception in ASGI application") names the request and its trace too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -22,6 +25,8 @@ logger = logging.getLogger("fargate_runtime.http.request")
 
 # Longer or odd ids from clients are replaced: they end up in every log line.
 _MAX_ID_LENGTH = 128
+# What the server answers when the app raises before it started a response.
+_UNHANDLED_STATUS = 500
 
 
 def _usable(value: bytes) -> str | None:
@@ -39,7 +44,9 @@ class RequestContextMiddleware:
 
     The id is taken from the ``header`` of the request when it is a short printable token, made
     up otherwise, and sent back in the same response header. One ``request`` line is logged when
-    the response ends, with method, path, status and duration.
+    the response ends, with method, path, the status sent and duration: 500 when the app raised
+    before responding (the server sends that), null and ``cancelled`` when the request was cut
+    at shutdown before any response (the host answers it; see its "request cut" line).
     """
 
     def __init__(self, app: ASGIApp, *, header: str = "x-request-id") -> None:
@@ -58,7 +65,7 @@ class RequestContextMiddleware:
             elif name == b"x-amzn-trace-id":
                 trace_id = _usable(value)
         request_id = request_id or uuid.uuid4().hex
-        status = 0
+        status: int | None = None
         began = time.monotonic()
         echoed = (self._header, request_id.encode("ascii"))
 
@@ -72,16 +79,24 @@ class RequestContextMiddleware:
         fields = {"request_id": request_id}
         if trace_id is not None:
             fields["amzn_trace_id"] = trace_id
+        cancelled = False
         with bind_log_context(**fields):
             try:
                 await self._app(scope, receive, send_with_id)
+            except asyncio.CancelledError:
+                cancelled = True
+                raise
+            except Exception:
+                if status is None:
+                    status = _UNHANDLED_STATUS
+                raise
             finally:
-                logger.info(
-                    "request",
-                    extra={
-                        "method": scope["method"],
-                        "path": scope["path"],
-                        "status": status,
-                        "duration_ms": round((time.monotonic() - began) * 1000, 2),
-                    },
-                )
+                line = {
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "duration_ms": round((time.monotonic() - began) * 1000, 2),
+                }
+                if cancelled:
+                    line["cancelled"] = True
+                logger.info("request", extra=line)

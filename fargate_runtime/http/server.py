@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 
 from .._work import Work, running
+from ..logging import log_context_of
 from ..settings import load_settings
 from ._lifespan import AppLifespan
 from .settings import HttpSettings
@@ -46,6 +47,7 @@ __all__ = ["HttpServer", "serve_asgi"]
 logger = logging.getLogger("fargate_runtime.http")
 
 _CLOSE = (b"connection", b"close")
+_CUT_STATUS = 503
 _PLAIN = (b"content-type", b"text/plain; charset=utf-8")
 _CUT_BODY = json.dumps(
     {
@@ -309,18 +311,22 @@ class _Front:
             # deadline while one still runs, its Idempotency-Key is not released under it.
             with running(Work()):
                 await self._app(scope, receive, send_closing)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             if not self.cutting:
                 raise
+            answered = not started and scope["type"] == "http"
             logger.warning(
                 "request cut at the drain deadline",
                 extra={
+                    # The request's ids and trace, from where the cancellation left it.
+                    **log_context_of(exc),
                     "method": scope.get("method"),
                     "path": scope.get("path"),
+                    "status": _CUT_STATUS if answered else None,
                     "duration_ms": round((time.monotonic() - began) * 1000, 1),
                 },
             )
-            if not started and scope["type"] == "http":
+            if answered:
                 await _send_cut(send)
             # Not re-raised: we cancelled uvicorn's per-request task ourselves, and raising
             # would only make uvicorn log a traceback and answer 500 instead of 503.
@@ -335,5 +341,5 @@ async def _send_cut(send: Send) -> None:
         (b"retry-after", b"1"),
         _CLOSE,
     ]
-    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.start", "status": _CUT_STATUS, "headers": headers})
     await send({"type": "http.response.body", "body": _CUT_BODY})

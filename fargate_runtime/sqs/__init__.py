@@ -1,6 +1,16 @@
 """The SQS consumer: long polls that never prefetch, batched acks, heartbeat, idempotency, FIFO.
 
-A worker in a few lines (``examples/sqs_worker`` is a complete one)::
+The common worker, settings from the environment (``examples/sqs_worker`` is a complete one)::
+
+    from fargate_runtime.sqs import Message, MessageContext, json_field, sqs_worker
+
+    async def handle(message: Message, context: MessageContext) -> None:
+        event = message.json()
+        await charge(event, idempotency_key=context.idempotency_key)
+
+    app = sqs_worker(handle, key=json_field("event_id"))
+
+The same, written out (for several queues, your own store, or a consumer beside an HTTP API)::
 
     from fargate_runtime import Runtime, Supervisor, load_settings
     from fargate_runtime.idempotency import Idempotency, load_idempotency_settings, open_store
@@ -45,8 +55,10 @@ from .claims import (
 from .client import open_sqs_client
 from .consumer import Consumer, ConsumerStats
 from .context import BatchContext, BatchHandler, Handler, MessageContext
+from .events import ConsumerEvent, ConsumerEventKind, EventHook, MessageOutcome
 from .message import Message
 from .settings import SqsSettings
+from .worker import HandlerFactory, sqs_worker
 
 __all__ = [
     "AckOutcome",
@@ -54,12 +66,17 @@ __all__ = [
     "BatchContext",
     "BatchHandler",
     "Consumer",
+    "ConsumerEvent",
+    "ConsumerEventKind",
     "ConsumerStats",
+    "EventHook",
     "FingerprintFunction",
     "Handler",
+    "HandlerFactory",
     "KeyFunction",
     "Message",
     "MessageContext",
+    "MessageOutcome",
     "Retry",
     "SqsSettings",
     "body_fingerprint",
@@ -67,4 +84,5 @@ __all__ = [
     "json_field",
     "message_attribute",
     "open_sqs_client",
+    "sqs_worker",
 ]

@@ -20,7 +20,7 @@ from .client import SQS_ERRORS, error_code, is_fatal
 if TYPE_CHECKING:
     from types_aiobotocore_sqs import SQSClient
 
-    from ..telemetry import ConsumerMetrics
+    from ..telemetry._instruments import ConsumerMetrics
 
 __all__ = ["BacklogSampler"]
 
@@ -78,6 +78,6 @@ class BacklogSampler:
         except (KeyError, ValueError) as exc:
             logger.warning("backlog answer unreadable", extra={"error": repr(exc)})
             return True
-        self._metrics.backlog_per_task.set(visible, self._metrics.attributes)
+        self._metrics.record_backlog(visible)
         self.samples += 1
         return True

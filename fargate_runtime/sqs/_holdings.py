@@ -1,7 +1,8 @@
 """The messages a consumer holds and the ways one leaves: deleted, backed off or released.
 
 Every held message occupies one concurrency slot from its receive until it leaves; the slot is
-given back the moment its delete or visibility change is queued.
+given back the moment its delete or visibility change is queued. Its span (telemetry on) lives
+exactly as long: started here at the receive, ended here when it leaves.
 """
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ import dataclasses
 import logging
 from typing import TYPE_CHECKING
 
-from ..telemetry import ConsumerMetrics
+from ..telemetry import Disposition, ErrorType, tracing_enabled
+from ..telemetry._instruments import ConsumerCounts, ConsumerMetrics
+from ..telemetry._messages import MessageSpans, end_message_span
 from ._inflight import InFlight, MessageState
 from ._receiver import Slots
 from .acks import DeleteBuffer, VisibilityBuffer
+from .events import Events, MessageOutcome
 from .heartbeat import Heartbeat
 from .message import Message
 
@@ -71,9 +75,15 @@ class Holdings:
     """Held messages by id, their slots, their heartbeat, and the buffered calls that end them."""
 
     def __init__(
-        self, client: SQSClient, *, settings: SqsSettings, store: IdempotencyStore | None
+        self,
+        client: SQSClient,
+        *,
+        settings: SqsSettings,
+        store: IdempotencyStore | None,
+        events: Events | None = None,
     ) -> None:
         self.settings = settings
+        self.events = events or Events(None, queue_name=settings.queue_name)
         self.stats = ConsumerStats()
         self.slots = Slots(settings.concurrency)
         self.deletes = DeleteBuffer(
@@ -95,7 +105,10 @@ class Holdings:
             extend_below_seconds=settings.heartbeat_after_seconds,
             tick_seconds=settings.heartbeat_tick_seconds,
         )
-        self.metrics = ConsumerMetrics(queue_name=settings.queue_name)
+        # Handlers running now (kept here for the in-flight gauge, read from another thread).
+        self.running = 0
+        self.metrics = ConsumerMetrics(queue_name=settings.queue_name, counts=self)
+        self.spans = MessageSpans(queue_name=settings.queue_name)
         self._store = store
         self._held: dict[str, InFlight] = {}
 
@@ -118,9 +131,23 @@ class Holdings:
                 continue
         return []
 
+    def counts(self) -> ConsumerCounts:
+        """The counts the consumer's metrics report (plain reads: another thread calls this)."""
+        stats = self.stats
+        return ConsumerCounts(
+            received=stats.received,
+            succeeded=stats.succeeded,
+            failed=stats.failed,
+            duplicates=stats.duplicates_completed + stats.duplicates_in_progress,
+            released_on_shutdown=stats.released_on_shutdown,
+            in_flight=self.running,
+        )
+
     def accept(self, raw: list[MessageTypeDef], sent_at: float) -> list[InFlight]:
         """Track what a receive brought; return the messages not already held."""
         visibility = self.settings.visibility_timeout_seconds
+        # Asked once per receive: with telemetry off a message costs no span work at all.
+        spans = self.spans if tracing_enabled() else None
         fresh: list[InFlight] = []
         for entry in raw:
             message = Message.from_response(entry)
@@ -132,30 +159,44 @@ class Holdings:
                 held.message.receipt_handle = message.receipt_handle
                 held.visible_until = sent_at + visibility
                 self.stats.redelivered_while_held += 1
+                if held.span is not None:
+                    held.span.add_event("redelivered while held")
                 self.slots.give(1)
                 continue
             item = InFlight.received(message, sent_at=sent_at, visibility_seconds=visibility)
+            if spans is not None:
+                traceparent = message.attributes.get("traceparent")
+                item.span = spans.start(
+                    message_id=message.message_id,
+                    traceparent=traceparent if isinstance(traceparent, str) else None,
+                    aws_trace_header=message.trace_header,
+                )
             self._held[message.message_id] = item
             self.heartbeat.track(item)
             fresh.append(item)
-        self.metrics.received.add(len(raw), self.metrics.attributes)
+            self.events.received(message)
         return fresh
 
-    def delete(self, item: InFlight) -> None:
+    def delete(self, item: InFlight, *, outcome: MessageOutcome) -> None:
         """Queue the delete of a finished message and free its slot."""
         item.state = MessageState.DONE
         self.heartbeat.forget(item)
-        self.deletes.delete(item.message_id, receipt_handle=item.message.receipt_handle)
-        self._forget(item)
+        self.deletes.delete(
+            item.message_id, receipt_handle=item.message.receipt_handle, log_fields=item.log_fields
+        )
+        self._forget(item, outcome, Disposition.DELETED)
 
-    def back_off(self, item: InFlight, *, seconds: int) -> None:
+    def back_off(self, item: InFlight, *, seconds: int, outcome: MessageOutcome) -> None:
         """Make a message visible again in ``seconds`` (queued) and free its slot."""
         item.state = MessageState.RELEASED
         self.heartbeat.forget(item)
         self.visibility.change(
-            item.message_id, receipt_handle=item.message.receipt_handle, timeout_seconds=seconds
+            item.message_id,
+            receipt_handle=item.message.receipt_handle,
+            timeout_seconds=seconds,
+            log_fields=item.log_fields,
         )
-        self._forget(item)
+        self._forget(item, outcome, Disposition.BACKED_OFF)
 
     async def release_claims(self, items: list[InFlight]) -> None:
         """Delete the claims of ``items`` still ours, so a retry can claim the key at once."""
@@ -172,7 +213,7 @@ class Holdings:
                 extra={"count": len(held), "error": repr(exc)},
             )
 
-    async def release(self, items: list[InFlight]) -> None:
+    async def release(self, items: list[InFlight], *, outcome: MessageOutcome) -> None:
         """Release claims, then make the messages visible at once (not after the timeout)."""
         for item in items:
             item.state = MessageState.RELEASED
@@ -180,18 +221,20 @@ class Holdings:
         # Claims first: when the message shows up again, its key must be free.
         await self.release_claims(items)
         await self.visibility.change_now(
-            [(item.message_id, item.message.receipt_handle, 0) for item in items]
+            [(item.message_id, item.message.receipt_handle, 0) for item in items],
+            log_fields={item.message_id: item.log_fields for item in items},
         )
         for item in items:
-            self._forget(item)
+            self._forget(item, outcome, Disposition.RELEASED)
 
     async def release_on_shutdown(self, items: list[InFlight]) -> None:
         """Release messages that will not run because the process is stopping; count them."""
         started = [item for item in items if item.state is not MessageState.RECEIVED]
-        await self.release(items)
+        for item in started:
+            item.fail(ErrorType.DRAIN_DEADLINE)  # cut while running (or settling)
+        await self.release(items, outcome=MessageOutcome.SHUTDOWN)
         self.stats.released_on_shutdown += len(items)
         self.stats.cancelled_at_deadline += len(started)
-        self.metrics.released.add(len(items), self.metrics.attributes)
 
     async def settle_leftovers(self) -> None:
         """At the very end: delete what finished, release everything else at once.
@@ -204,7 +247,7 @@ class Holdings:
         kept: list[InFlight] = []
         for item in self.items():
             if item.completed:
-                self.delete(item)
+                self.delete(item, outcome=MessageOutcome.SUCCEEDED)
             elif item.may_still_run:
                 kept.append(item)
             else:
@@ -223,6 +266,9 @@ class Holdings:
         """Send every queued delete and visibility change and wait for their outcomes."""
         await asyncio.gather(self.deletes.flush(), self.visibility.flush())
 
-    def _forget(self, item: InFlight) -> None:
+    def _forget(self, item: InFlight, outcome: MessageOutcome, disposition: Disposition) -> None:
         if self._held.pop(item.message_id, None) is not None:
             self.slots.give(1)
+            self.events.ended(item.message, outcome)
+            if item.span is not None:
+                end_message_span(item.span, disposition)

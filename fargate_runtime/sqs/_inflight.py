@@ -5,14 +5,19 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .._work import Work
+from ..logging import span_log_fields
+from ..telemetry._core import error_type_of, mark_error
 
 if TYPE_CHECKING:
     import asyncio
 
+    from opentelemetry.trace import Span
+
     from ..idempotency import Held
+    from ..telemetry import ErrorType
     from .message import Message
 
 __all__ = ["InFlight", "MessageState"]
@@ -49,6 +54,10 @@ class InFlight:
     # The task running its handler, and the executor jobs (to_thread) the handler started.
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     work: Work = field(default_factory=Work, repr=False)
+    # Its CONSUMER span, from receive until it leaves (None while telemetry is off).
+    span: Span | None = field(default=None, repr=False)
+    # What went wrong, once something did (the span's error.type).
+    error_type: str | None = None
 
     @classmethod
     def received(cls, message: Message, *, sent_at: float, visibility_seconds: int) -> InFlight:
@@ -84,3 +93,27 @@ class InFlight:
             return False
         task = self.task
         return (task is not None and not task.done()) or self.work.threads_running
+
+    def log_fields(self) -> dict[str, Any]:
+        """What the runtime's own log lines about this message carry: ids and its span's ids."""
+        fields: dict[str, Any] = {"message_id": self.message.message_id}
+        if self.key is not None:
+            fields["idempotency_key"] = self.key
+        fields.update(span_log_fields(self.span))
+        return fields
+
+    def fail(
+        self,
+        error: BaseException | ErrorType,
+        *,
+        description: str | None = None,
+        record: bool = False,
+    ) -> None:
+        """Mark the message failed (the first failure wins): its span's status and error.type.
+
+        ``record`` adds the exception's traceback to the span (a handler's unexpected error).
+        """
+        if self.error_type is not None:
+            return
+        self.error_type = error_type_of(error)
+        mark_error(self.span, error, description=description, record=record)

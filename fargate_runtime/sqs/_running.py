@@ -1,55 +1,52 @@
-"""Running handlers over a receive batch: claims, FIFO groups, outcomes."""
+"""Running handlers over a receive batch: claims, FIFO groups, outcomes.
+
+Each message already has its span (``Holdings.accept``); here the span learns what the claim
+decided and how the handler ended, the handler runs inside it, and every line logged about the
+message carries its ids (``InFlight.log_fields``).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import enum
 import logging
 import time
 from typing import TYPE_CHECKING
 
 from .._work import Work, running
 from ..errors import IdempotencyKeyError, MalformedMessageError
-from ..idempotency import (
-    ClaimRequest,
-    ClaimStatus,
-    FailurePolicy,
-    Held,
-    PostgresStore,
-    attempt_owner,
-)
-from ..logging import bind_log_context
-from ..telemetry import (
-    IDEMPOTENCY_OUTCOME_ATTRIBUTE,
-    IdempotencyOutcome,
-    process_span,
-    tracing_enabled,
-)
+from ..idempotency import ClaimRequest, ClaimStatus, FailurePolicy, Held, attempt_owner
+from ..logging import bind_log_context, span_log_fields
+from ..telemetry import ErrorType, IdempotencyOutcome, mark_idempotency_outcome
+from ..telemetry._core import error_type_of, mark_error
+from ..telemetry._messages import within
 from ._inflight import InFlight, MessageState
 from .backoff import Retry, clamp_visibility
 from .context import BatchContext, MessageContext
+from .events import MessageOutcome
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
     from typing import Any
+
+    from opentelemetry import trace
 
     from ..lifecycle import Lifecycle
     from ._holdings import Holdings
     from .backoff import Backoff
     from .claims import Completer, MessageKeys
     from .context import BatchHandler, Handler
-    from .message import Message
 
 __all__ = ["Runner"]
 
 logger = logging.getLogger("fargate_runtime.sqs.consumer")
 
-
-class _Outcome(enum.Enum):
-    SUCCEEDED = "succeeded"
-    RETRY = "retry"  # the handler raised Retry
-    FAILED = "failed"  # the handler raised
+# What each claim status means for the message's span.
+_OUTCOMES = {
+    ClaimStatus.ACQUIRED: IdempotencyOutcome.CLAIMED,
+    ClaimStatus.COMPLETED: IdempotencyOutcome.REPLAYED,
+    ClaimStatus.IN_PROGRESS: IdempotencyOutcome.IN_PROGRESS,
+    ClaimStatus.MISMATCH: IdempotencyOutcome.MISMATCH,
+}
 
 
 class Runner:
@@ -80,11 +77,10 @@ class Runner:
         self._completer = completer
         self._backoff = backoff
         self._metrics = holdings.metrics
-        self._running = 0
 
     def others_running(self) -> bool:
         """True while some handler is still running (its completion would join a batch)."""
-        return self._running > 0
+        return self._holdings.running > 0
 
     async def process(self, items: list[InFlight]) -> None:
         """Claim, run and settle one receive batch."""
@@ -121,7 +117,6 @@ class Runner:
                 fingerprint = keys.fingerprint(item.message)
                 stored = keys.stored_key(item.key)
             except (MalformedMessageError, IdempotencyKeyError) as exc:
-                self._stats.malformed += 1
                 self._malformed(item, exc)
                 continue
             keyed.append((item, ClaimRequest(stored, fingerprint)))
@@ -136,28 +131,13 @@ class Runner:
                 lease_seconds=self._settings.visibility_timeout_seconds,
             )
         except Exception as exc:  # noqa: BLE001 - any store failure is logged and handled
-            self._stats.store_errors += len(keyed)
-            if idempotency.failure_policy is FailurePolicy.OPEN:
-                # The user chose availability over safety: run without claims (no token).
-                logger.error(
-                    "idempotency store failed; running WITHOUT idempotency (fail-open policy)",
-                    extra={"count": len(keyed), "error": repr(exc)},
-                )
-                return
-            # Fail closed: nothing runs without its claim; everything comes back later.
-            logger.warning(
-                "idempotency store failed; batch not processed, retried later",
-                extra={"count": len(keyed), "error": repr(exc)},
-            )
-            for item, _ in keyed:
-                if item.state is MessageState.RECEIVED:
-                    self._unrun(item, IdempotencyOutcome.STORE_ERROR)
-                    self._holdings.back_off(item, seconds=self._settings.in_progress_delay_seconds)
+            self._store_failed([item for item, _ in keyed], exc, idempotency.failure_policy)
             return
-        metrics = self._metrics
-        metrics.store_latency.record(time.perf_counter() - started, metrics.attributes)
+        self._metrics.record_store(time.perf_counter() - started)
         late: list[InFlight] = []
         for (item, request), result in zip(keyed, results, strict=True):
+            if item.span is not None:
+                mark_idempotency_outcome(_OUTCOMES[result.status], item.span)
             if result.status is ClaimStatus.ACQUIRED and result.token is not None:
                 item.held = Held(request.key, result.token)
                 if item.state is not MessageState.RECEIVED:
@@ -165,44 +145,72 @@ class Runner:
             elif item.state is not MessageState.RECEIVED:
                 continue
             elif result.status is ClaimStatus.COMPLETED:
-                self._unrun(item, IdempotencyOutcome.REPLAYED)
                 self._stats.duplicates_completed += 1
-                metrics.duplicates.add(1, metrics.attributes)
-                logger.info(
-                    "duplicate of completed work deleted",
-                    extra={"message_id": item.message_id, "idempotency_key": item.key},
-                )
-                self._holdings.delete(item)
+                logger.info("duplicate of completed work deleted", extra=item.log_fields())
+                self._holdings.delete(item, outcome=MessageOutcome.DUPLICATE)
             elif result.status is ClaimStatus.IN_PROGRESS:
-                self._unrun(item, IdempotencyOutcome.IN_PROGRESS)
                 self._stats.duplicates_in_progress += 1
-                metrics.duplicates.add(1, metrics.attributes)
-                logger.info(
-                    "key in progress elsewhere; backing off",
-                    extra={"message_id": item.message_id, "idempotency_key": item.key},
-                )
-                self._holdings.back_off(item, seconds=self._settings.in_progress_delay_seconds)
+                logger.info("key in progress elsewhere; backing off", extra=item.log_fields())
+                self._defer(item)
             else:
-                self._unrun(item, IdempotencyOutcome.MISMATCH)
-                self._stats.payload_mismatches += 1
-                self._malformed(item, MalformedMessageError("same key, different payload"))
+                self._mismatch(item)
         if late:
             await self._holdings.release_claims(late)
 
+    def _store_failed(self, items: list[InFlight], exc: Exception, policy: FailurePolicy) -> None:
+        """The claim round trip failed: run unclaimed (fail open), or hand everything back."""
+        self._stats.store_errors += len(items)
+        for item in items:
+            if item.span is not None:
+                mark_idempotency_outcome(IdempotencyOutcome.STORE_ERROR, item.span)
+        if policy is FailurePolicy.OPEN:
+            # The user chose availability over safety: run without claims (no token).
+            logger.error(
+                "idempotency store failed; running WITHOUT idempotency (fail-open policy)",
+                extra={"count": len(items), "error": repr(exc)},
+            )
+            return
+        # Fail closed: nothing runs without its claim; everything comes back later.
+        logger.warning(
+            "idempotency store failed; batch not processed, retried later",
+            extra={"count": len(items), "error": repr(exc)},
+        )
+        for item in items:
+            if item.state is MessageState.RECEIVED:
+                item.fail(ErrorType.STORE_ERROR, description=repr(exc))
+                self._defer(item)
+
     def _malformed(self, item: InFlight, exc: Exception) -> None:
         """A message that cannot be handled: back off; the redrive policy dead-letters it."""
+        self._stats.malformed += 1
+        item.fail(ErrorType.MALFORMED, description=str(exc))
         logger.warning(
             "malformed message; it will be retried, then dead-lettered",
             extra={
-                "message_id": item.message_id,
+                **item.log_fields(),
                 "receive_count": item.message.receive_count,
                 "error": str(exc),
             },
         )
+        self._back_off_failed(item)
+
+    def _mismatch(self, item: InFlight) -> None:
+        """The key was completed or claimed for another payload: never run this one."""
+        self._stats.payload_mismatches += 1
+        item.fail(ErrorType.PAYLOAD_MISMATCH, description="same key, different payload")
+        logger.warning(
+            "payload mismatch: this idempotency key was used with another payload; "
+            "it will be retried, then dead-lettered",
+            extra={**item.log_fields(), "receive_count": item.message.receive_count},
+        )
+        self._back_off_failed(item)
+
+    def _back_off_failed(self, item: InFlight) -> None:
         self._stats.failed += 1
-        self._metrics.failed.add(1, self._metrics.attributes)
         self._holdings.back_off(
-            item, seconds=self._backoff.delay_seconds(item.message.receive_count)
+            item,
+            seconds=self._backoff.delay_seconds(item.message.receive_count),
+            outcome=MessageOutcome.FAILED,
         )
 
     async def _run_group(self, group: list[InFlight]) -> None:
@@ -216,7 +224,7 @@ class Runner:
             if rest and self._lifecycle.shutdown_requested:
                 await self._holdings.release_on_shutdown(rest)
             elif rest:
-                await self._holdings.release(rest)
+                await self._holdings.release(rest, outcome=MessageOutcome.GROUP_FAILED)
                 self._stats.released_after_group_failure += len(rest)
             return
 
@@ -231,20 +239,14 @@ class Runner:
             elif item.state not in (MessageState.RECEIVED, MessageState.DONE):
                 blocked.add(group)
         if rest:
-            await self._holdings.release(rest)
+            await self._holdings.release(rest, outcome=MessageOutcome.GROUP_FAILED)
             self._stats.released_after_group_failure += len(rest)
 
     def _context(self, item: InFlight) -> MessageContext:
         held = item.held
         recovery = None
         if held is not None and self._keys is not None:
-            idempotency = self._keys.idempotency
-            if isinstance(idempotency.store, PostgresStore):
-                recovery = idempotency.store.transactional(
-                    held,
-                    retention_seconds=idempotency.retention_seconds,
-                    on_completed=lambda: _completed_in_transaction(item),
-                )
+            recovery = self._keys.transactional(held, lambda: _completed_in_transaction(item))
         return MessageContext(
             self._lifecycle,
             message_id=item.message_id,
@@ -261,32 +263,48 @@ class Runner:
         item.state = MessageState.RUNNING
         item.task = asyncio.current_task()
         self._stats.started += 1
-        self._started(1)
-        delay: float | None = None
+        self._holdings.running += 1
         message = item.message
         began = time.perf_counter()
         try:
+            # The span first: an exception leaving the log context takes the span's ids along.
             with (
+                within(item.span),
                 bind_log_context(message_id=item.message_id, idempotency_key=item.key),
                 running(item.work),
-                self._span(item, self._run_outcome(item)),
             ):
                 await self._handler(message, self._context(item))
         except Retry as signal:
-            outcome, delay = _Outcome.RETRY, signal.delay_seconds
+            self._handler_ended(item, began, signal)
+            await self._fail(item, delay_seconds=signal.delay_seconds)
+            return False
         except BaseException as exc:
+            self._handler_ended(item, began, exc)
             if _being_cancelled(exc):
-                raise
-            outcome = _Outcome.FAILED
+                raise  # cancelled at the drain deadline: the drain releases the message
+            # Any other exception, CancelledError or GeneratorExit it raised itself included.
             self._log_failure(item, exc)
-        else:
-            outcome = _Outcome.SUCCEEDED
-        finally:
-            self._ended(1, began)
-        if outcome is _Outcome.SUCCEEDED:
-            return await self._succeed(item)
-        await self._fail(item, delay_seconds=delay)
-        return False
+            await self._fail(item, delay_seconds=None)
+            return False
+        self._handler_ended(item, began, None)
+        return await self._succeed(item)
+
+    def _handler_ended(self, item: InFlight, began: float, error: BaseException | None) -> None:
+        """Count the handler out; mark its span failed when it raised; record its duration."""
+        self._holdings.running -= 1
+        if error is not None:
+            item.fail(self._failure_of(error), record=_unexpected(error))
+        self._metrics.record_handler(
+            time.perf_counter() - began, error_type=None if error is None else item.error_type
+        )
+
+    def _failure_of(self, error: BaseException) -> BaseException | ErrorType:
+        """What a handler's exception means for its message: runtime-defined, or its class."""
+        if isinstance(error, MalformedMessageError):
+            return ErrorType.MALFORMED
+        if _being_cancelled(error):
+            return ErrorType.DRAIN_DEADLINE
+        return error
 
     async def _run_batch(self, items: list[InFlight]) -> None:
         """Run the batch handler once on every runnable message of the receive."""
@@ -303,25 +321,36 @@ class Runner:
         context = BatchContext(
             self._lifecycle, contexts={item.message_id: self._context(item) for item in items}
         )
-        self._started(len(items))
+        span = self._holdings.spans.start_batch([item.span for item in items])
+        self._holdings.running += len(items)
         began = time.perf_counter()
+        error: BaseException | None = None
         try:
-            with running(work):
+            with within(span), running(work):
                 await self._batch_handler([item.message for item in items], context)
         except Retry as signal:
+            error = signal
             failures: dict[str, float | None] = dict.fromkeys(
                 (item.message_id for item in items), signal.delay_seconds
             )
         except BaseException as exc:
+            error = exc
             if _being_cancelled(exc):
-                raise
-            logger.error("batch handler failed", exc_info=exc, extra={"count": len(items)})
+                raise  # cancelled at the drain deadline: the drain releases the messages
+            logger.error(
+                "batch handler failed",
+                exc_info=exc,
+                extra={"count": len(items), **span_log_fields(span)},
+            )
             self._stop_on(exc)
             failures = dict.fromkeys(item.message_id for item in items)
         else:
             failures = context.failures
         finally:
-            self._ended(len(items), began)
+            self._batch_ended(items, span, began, error)
+        for item in items:
+            if item.message_id in failures:
+                item.fail(ErrorType.BATCH_ITEM_FAILED)  # unless the whole batch raised
         await asyncio.gather(
             *(
                 self._fail(item, delay_seconds=failures[item.message_id])
@@ -331,51 +360,28 @@ class Runner:
             )
         )
 
-    def _span(
-        self, item: InFlight, outcome: IdempotencyOutcome | None
-    ) -> contextlib.AbstractContextManager[object]:
-        """A consumer span for ``item``; nothing while no tracer provider is installed.
-
-        Without one every span is a no-op, and building it (context extraction, three context
-        managers) would still cost about a sixth of the consumer's time per message.
-        """
-        if not tracing_enabled():
-            return contextlib.nullcontext()
-        message = item.message
-        return process_span(
-            queue_name=self._settings.queue_name,
-            message_id=message.message_id,
-            message_attributes=_trace_attributes(message),
-            system_attributes=message.system_attributes,
-            attributes=None if outcome is None else {IDEMPOTENCY_OUTCOME_ATTRIBUTE: outcome.value},
-        )
-
-    def _run_outcome(self, item: InFlight) -> IdempotencyOutcome | None:
-        """The claim outcome of a message about to run (None without idempotency)."""
-        if self._keys is None:
-            return None
-        # Keyed but unclaimed and still running: the store failed under the fail-open policy.
-        if item.held is None:
-            return IdempotencyOutcome.STORE_ERROR
-        return IdempotencyOutcome.CLAIMED
-
-    def _unrun(self, item: InFlight, outcome: IdempotencyOutcome) -> None:
-        """A short span for a message its claim keeps from running, so its trace shows why."""
-        with self._span(item, outcome):
-            pass
-
-    def _started(self, count: int) -> None:
-        self._running += count
-        self._metrics.in_flight.add(count, self._metrics.attributes)
-
-    def _ended(self, count: int, began: float) -> None:
-        self._running -= count
-        metrics = self._metrics
-        metrics.in_flight.add(-count, metrics.attributes)
-        metrics.handler_duration.record(time.perf_counter() - began, metrics.attributes)
+    def _batch_ended(
+        self,
+        items: list[InFlight],
+        span: trace.Span | None,
+        began: float,
+        error: BaseException | None,
+    ) -> None:
+        """Count the batch out; its span and messages say how it ended; record its duration."""
+        self._holdings.running -= len(items)
+        error_type = None
+        if error is not None:
+            failure = self._failure_of(error)
+            mark_error(span, failure, record=_unexpected(error))
+            for item in items:
+                item.fail(failure)
+            error_type = error_type_of(failure)
+        if span is not None:
+            span.end()
+        self._metrics.record_handler(time.perf_counter() - began, error_type=error_type)
 
     def _log_failure(self, item: InFlight, exc: BaseException) -> None:
-        extra = {"message_id": item.message_id, "receive_count": item.message.receive_count}
+        extra = {**item.log_fields(), "receive_count": item.message.receive_count}
         if isinstance(exc, MalformedMessageError):
             self._stats.malformed += 1
             logger.warning(
@@ -407,21 +413,17 @@ class Runner:
                 # Lease lost (or the store failed): someone else may own the key now. Hand the
                 # message back without deleting; the next delivery sees the record's truth.
                 self._stats.lease_lost += 1
-                logger.warning(
-                    "completion refused; message handed back",
-                    extra={"message_id": item.message_id, "idempotency_key": item.key},
-                )
-                self._holdings.back_off(item, seconds=self._settings.in_progress_delay_seconds)
+                item.fail(ErrorType.COMPLETION_REFUSED)
+                logger.warning("completion refused; message handed back", extra=item.log_fields())
+                self._defer(item)
                 return False
         self._stats.succeeded += 1
-        self._metrics.succeeded.add(1, self._metrics.attributes)
-        self._holdings.delete(item)
+        self._holdings.delete(item, outcome=MessageOutcome.SUCCEEDED)
         return True
 
     async def _fail(self, item: InFlight, *, delay_seconds: float | None) -> None:
         """Release the claim, then hand the message back after its backoff."""
         self._stats.failed += 1
-        self._metrics.failed.add(1, self._metrics.attributes)
         item.state = MessageState.RELEASED
         await self._holdings.heartbeat.untrack(item)
         await self._holdings.release_claims([item])
@@ -429,7 +431,13 @@ class Runner:
             seconds = self._backoff.delay_seconds(item.message.receive_count)
         else:
             seconds = clamp_visibility(delay_seconds)
-        self._holdings.back_off(item, seconds=seconds)
+        self._holdings.back_off(item, seconds=seconds, outcome=MessageOutcome.FAILED)
+
+    def _defer(self, item: InFlight) -> None:
+        """Not run now (in progress elsewhere, store down, lease lost): back after the delay."""
+        self._holdings.back_off(
+            item, seconds=self._settings.in_progress_delay_seconds, outcome=MessageOutcome.DEFERRED
+        )
 
 
 def _completed_in_transaction(item: InFlight) -> None:
@@ -451,7 +459,6 @@ def _being_cancelled(exc: BaseException) -> bool:
     return task is not None and task.cancelling() > 0
 
 
-def _trace_attributes(message: Message) -> dict[str, dict[str, str]]:
-    """The ``traceparent`` attribute in the shape ``extract_sqs_context`` reads."""
-    value = message.attributes.get("traceparent")
-    return {"traceparent": {"StringValue": value}} if isinstance(value, str) else {}
+def _unexpected(error: BaseException) -> bool:
+    """A handler's own failure, worth its traceback on the span (not Retry, not malformed)."""
+    return isinstance(error, Exception) and not isinstance(error, Retry | MalformedMessageError)

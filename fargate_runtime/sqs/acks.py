@@ -12,7 +12,9 @@ have failed for some entries. Each entry ends in one ``AckOutcome``:
   message comes back after its visibility timeout and the idempotency record absorbs it.
 
 Entries are flushed when 10 are waiting, after ``flush_interval_seconds`` otherwise, and at once
-on ``flush()`` (shutdown, releases that must be visible at once).
+on ``flush()`` (shutdown, releases that must be visible at once). An entry may carry how to get
+its message's log fields (its ids and its span's, read only when a line is logged), so the line
+about an entry given up names it the way every other line about that message does.
 """
 
 from __future__ import annotations
@@ -21,16 +23,20 @@ import asyncio
 import enum
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .client import SQS_ERRORS, is_fatal
 from .settings import MAX_BATCH
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Mapping, Sequence
+    from typing import TypeAlias
 
     from types_aiobotocore_sqs import SQSClient
     from types_aiobotocore_sqs.type_defs import BatchResultErrorEntryTypeDef
+
+    # Gives a message's log fields when a line about it is logged (never on the happy path).
+    LogFields: TypeAlias = Callable[[], Mapping[str, Any]]
 
 __all__ = ["AckCounters", "AckOutcome", "DeleteBuffer", "VisibilityBuffer"]
 
@@ -65,6 +71,11 @@ class _Entry:
     future: asyncio.Future[AckOutcome]
     visibility_timeout: int = 0
     attempts: int = 0
+    # The message's log fields (ids, its span's ids); message_id alone when none were given.
+    log_fields: LogFields | None = None
+
+    def fields(self) -> Mapping[str, Any]:
+        return self.log_fields() if self.log_fields else {"message_id": self.message_id}
 
 
 @dataclass(slots=True)
@@ -178,7 +189,7 @@ class _BatchBuffer:
                 logger.debug(
                     "sqs %s: message gone",
                     self.operation,
-                    extra={"message_id": failed.message_id, "code": code},
+                    extra={**failed.fields(), "code": code},
                 )
                 self._settle(failed, AckOutcome.GONE)
             else:
@@ -199,11 +210,7 @@ class _BatchBuffer:
             logger.error(
                 "sqs %s given up",
                 self.operation,
-                extra={
-                    "message_id": entry.message_id,
-                    "attempts": entry.attempts,
-                    "reason": reason,
-                },
+                extra={**entry.fields(), "attempts": entry.attempts, "reason": reason},
             )
             self._settle(entry, AckOutcome.GAVE_UP)
 
@@ -226,10 +233,20 @@ class DeleteBuffer(_BatchBuffer):
 
     operation = "delete"
 
-    def delete(self, message_id: str, *, receipt_handle: str) -> asyncio.Future[AckOutcome]:
-        """Queue a delete; the future tells how it ended (nobody has to await it)."""
+    def delete(
+        self,
+        message_id: str,
+        *,
+        receipt_handle: str,
+        log_fields: LogFields | None = None,
+    ) -> asyncio.Future[AckOutcome]:
+        """Queue a delete; the future tells how it ended (nobody has to await it).
+
+        ``log_fields()``: what a line about this delete carries (default: the message id).
+        """
         future = asyncio.get_running_loop().create_future()
-        return self._add(_Entry(message_id, receipt_handle, future))
+        entry = _Entry(message_id, receipt_handle, future, log_fields=log_fields)
+        return self._add(entry)
 
     async def _call(self, batch: Sequence[_Entry]) -> _Response:
         response = await self._client.delete_message_batch(
@@ -248,17 +265,45 @@ class VisibilityBuffer(_BatchBuffer):
     operation = "change_visibility"
 
     def change(
-        self, message_id: str, *, receipt_handle: str, timeout_seconds: int
+        self,
+        message_id: str,
+        *,
+        receipt_handle: str,
+        timeout_seconds: int,
+        log_fields: LogFields | None = None,
     ) -> asyncio.Future[AckOutcome]:
-        """Queue a change to ``timeout_seconds`` from when SQS applies it (0: visible at once)."""
+        """Queue a change to ``timeout_seconds`` from when SQS applies it (0: visible at once).
+
+        ``log_fields()``: what a line about this change carries (default: the message id).
+        """
         future = asyncio.get_running_loop().create_future()
-        entry = _Entry(message_id, receipt_handle, future, visibility_timeout=timeout_seconds)
+        entry = _Entry(
+            message_id,
+            receipt_handle,
+            future,
+            visibility_timeout=timeout_seconds,
+            log_fields=log_fields,
+        )
         return self._add(entry)
 
-    async def change_now(self, changes: Sequence[tuple[str, str, int]]) -> list[AckOutcome]:
-        """Change several at once (no waiting for the interval) and return their outcomes."""
+    async def change_now(
+        self,
+        changes: Sequence[tuple[str, str, int]],
+        *,
+        log_fields: Mapping[str, LogFields] | None = None,
+    ) -> list[AckOutcome]:
+        """Change several at once (no waiting for the interval) and return their outcomes.
+
+        ``log_fields`` maps a message id to what gives the fields of lines about its change.
+        """
+        fields = log_fields or {}
         futures = [
-            self.change(message_id, receipt_handle=handle, timeout_seconds=seconds)
+            self.change(
+                message_id,
+                receipt_handle=handle,
+                timeout_seconds=seconds,
+                log_fields=fields.get(message_id),
+            )
             for message_id, handle, seconds in changes
         ]
         await self.flush()

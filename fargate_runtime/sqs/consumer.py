@@ -31,7 +31,8 @@ import logging
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigurationError, ConsumerError
-from ..telemetry import metrics_enabled
+from ..telemetry import ErrorType, metrics_enabled
+from ..telemetry._core import error_type_of
 from ._backlog import BacklogSampler
 from ._final_release import FinalRelease
 from ._holdings import ConsumerStats, Holdings
@@ -40,6 +41,7 @@ from ._receiver import Receiver
 from ._running import Runner
 from .backoff import Backoff
 from .claims import Completer, MessageKeys, body_fingerprint
+from .events import Events
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
     from ..lifecycle import Lifecycle
     from .claims import FingerprintFunction, KeyFunction
     from .context import BatchHandler, Handler
+    from .events import EventHook
     from .settings import SqsSettings
 
 __all__ = ["Consumer", "ConsumerStats"]
@@ -83,6 +86,10 @@ class Consumer:
     Keys are stored in the scope ``key_scope`` (default ``sqs:<queue name>``); the payload
     fingerprint (default: the body's hash) tells a true duplicate from a key reused for other
     data. The claim's lease is the visibility timeout, renewed with it by the heartbeat.
+
+    ``on_event`` is called with a ``ConsumerEvent`` when the consumer is ready and when each
+    message is received, released or settled (``fargate_runtime.sqs.events``);
+    ``await consumer.wait_ready()`` returns once it receives.
     """
 
     def __init__(
@@ -97,6 +104,7 @@ class Consumer:
         key_scope: str | None = None,
         fingerprint: FingerprintFunction = body_fingerprint,
         backoff: Backoff | None = None,
+        on_event: EventHook | None = None,
     ) -> None:
         if (handler is None) == (batch_handler is None):
             raise ConfigurationError("give the Consumer exactly one of handler or batch_handler")
@@ -120,7 +128,10 @@ class Consumer:
         )
         store = idempotency.store if idempotency is not None else None
         self._store = store
-        self._holdings = Holdings(client, settings=settings, store=store)
+        self._events = Events(on_event, queue_name=settings.queue_name)
+        self._holdings = Holdings(client, settings=settings, store=store, events=self._events)
+        self._ready = asyncio.Event()
+        self._ended = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._runner: Runner | None = None
         self._receiver: Receiver | None = None
@@ -144,6 +155,18 @@ class Consumer:
             stats.completion_round_trips = self._completer.round_trips
         return stats
 
+    async def wait_ready(self) -> None:
+        """Return once the consumer receives; raise RuntimeError if its run ended first."""
+        ready = asyncio.ensure_future(self._ready.wait())
+        ended = asyncio.ensure_future(self._ended.wait())
+        try:
+            await asyncio.wait({ready, ended}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+            ended.cancel()
+        if not self._ready.is_set():
+            raise RuntimeError("the consumer stopped before it was ready")
+
     @property
     def receives_in_flight(self) -> int:
         """ReceiveMessage calls on their way right now."""
@@ -158,6 +181,12 @@ class Consumer:
         """The service: consume until shutdown, drain, release what is left, flush."""
         if self._runner is not None:
             raise RuntimeError("a Consumer runs once; build a new one")
+        try:
+            await self._run(lifecycle)
+        finally:
+            self._ended.set()
+
+    async def _run(self, lifecycle: Lifecycle) -> None:
         settings = self.settings
         wait = settings.effective_wait_time_seconds(lifecycle.budget)
         if wait < settings.wait_time_seconds:
@@ -222,10 +251,17 @@ class Consumer:
                 "idempotency": self._idempotency is not None,
             },
         )
+        self._ready.set()
+        self._events.ready()
+        ended: BaseException | None = None
         try:
             await self._until_shutdown(lifecycle, loops)
             await self._drain(loops)
+        except BaseException as exc:
+            ended = exc
+            raise
         finally:
+            self._record_drain(lifecycle, ended)
             # Reached by a clean drain, a fatal error, or the cancellation at the drain
             # deadline; shielded and bounded by the release deadline either way.
             with lifecycle.cleanup_scope():
@@ -271,6 +307,19 @@ class Consumer:
                 logger.error("receive failed while draining", exc_info=outcome)
         while self._tasks:
             await asyncio.wait(set(self._tasks))
+
+    def _record_drain(self, lifecycle: Lifecycle, ended: BaseException | None) -> None:
+        """This queue's drain duration, from the shutdown request (none without one)."""
+        deadlines = lifecycle.deadlines
+        if deadlines is None:
+            return
+        error_type = None
+        if isinstance(ended, asyncio.CancelledError):
+            error_type = ErrorType.DRAIN_DEADLINE.value
+        elif ended is not None:
+            error_type = error_type_of(ended)
+        seconds = lifecycle.now() - deadlines.requested_at
+        self._holdings.metrics.record_drain(seconds, error_type=error_type)
 
     def _abandon(self, loops: dict[int, asyncio.Task[None]]) -> None:
         """Cancel receive calls still on their way; count what they might hide."""

@@ -115,7 +115,8 @@ class Heartbeat:
             if not extend:
                 return
             visibility = self._visibility.change_now(
-                [(item.message_id, item.message.receipt_handle, s) for item, s in extend]
+                [(item.message_id, item.message.receipt_handle, s) for item, s in extend],
+                log_fields={item.message_id: item.log_fields for item, _ in extend},
             )
             outcomes, _ = await asyncio.gather(visibility, self._renew([i for i, _ in extend]))
             for (item, seconds), outcome in zip(extend, outcomes, strict=True):
@@ -128,7 +129,7 @@ class Heartbeat:
                     self._tracked.pop(item.message_id, None)
                     logger.warning(
                         "visibility lost while handling",
-                        extra={"message_id": item.message_id},
+                        extra=item.log_fields(),
                     )
 
     def _extension_for(self, item: InFlight, now: float) -> int | None:
@@ -141,7 +142,7 @@ class Heartbeat:
                 item.capped = True
                 logger.warning(
                     "message reached the 12 h visibility limit; it will become visible again",
-                    extra={"message_id": item.message_id, "held_seconds": round(elapsed)},
+                    extra={**item.log_fields(), "held_seconds": round(elapsed)},
                 )
             return None
         return seconds
@@ -167,7 +168,7 @@ class Heartbeat:
                 item.lease_lost = True
                 logger.warning(
                     "idempotency lease lost while handling",
-                    extra={"message_id": item.message_id, "key": item.key},
+                    extra={**item.log_fields(), "key": item.key},
                 )
 
     async def stop(self, task: asyncio.Task[None]) -> None:

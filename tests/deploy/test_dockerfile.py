@@ -1,4 +1,8 @@
-"""The base image's Dockerfile, parsed: the production checklist holds for what users build FROM."""
+"""The Dockerfiles, parsed: the base holds the production checklist, the children build FROM it.
+
+No Docker engine runs here; ``tests/deploy/test_container.py`` runs the runtime the way the
+image does (PID 1, uid 10001, read-only root) instead.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from tests.deploy.dockerfile import Stage, parse, stages
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
+CHILDREN = sorted(REPO.glob("examples/*/Dockerfile"))
 
 
 @pytest.fixture(scope="module")
@@ -68,12 +73,12 @@ def test_multi_stage_with_one_pinned_base(build: list[Stage]) -> None:
 
 
 def test_venv_is_built_in_the_builder_and_copied(build: list[Stage], final: Stage) -> None:
-    """The runtime stage copies the builder's venv and installs nothing itself."""
+    """The runtime stage copies the builder's venv (and its constraints) and installs nothing."""
     builder_runs = " ".join(i.arguments for i in build[0].all("RUN"))
     assert "python -m venv /opt/venv" in builder_runs
     assert "compileall" in builder_runs
     copies = [i for i in final.all("COPY") if i.flags.get("from") == "builder"]
-    assert [c.rest for c in copies] == ["/opt/venv /opt/venv"]
+    assert copies[0].rest == "/opt/venv /opt/venv"
     assert not any("pip install" in i.arguments for i in final.all("RUN"))
 
 
@@ -94,34 +99,97 @@ def test_read_only_root_filesystem_friendly(final: Stage) -> None:
     assert env["HOME"] == env["TMPDIR"] == "/tmp"  # noqa: S108 - the image's scratch path, checked
     assert env["PATH"].startswith("/opt/venv/bin:")
     runs = [i.arguments for i in final.all("RUN")]
-    assert any("compileall" in run and "/app" in run for run in runs)
+    assert any("compileall" in run and "stdlib" in run for run in runs)
     # Everything the image writes happens before USER: after it, nothing is built.
     user_line = final.last("USER")
     assert user_line is not None
     assert all(i.line < user_line.line for i in final.all("RUN"))
 
 
-def test_exec_form_entrypoint_and_cmd(final: Stage) -> None:
-    """ENTRYPOINT and CMD in exec form: the supervisor is PID 1 and gets SIGTERM itself."""
-    entrypoint, cmd = final.last("ENTRYPOINT"), final.last("CMD")
+def test_exec_form_entrypoint_and_no_application(final: Stage) -> None:
+    """ENTRYPOINT in exec form (the supervisor is PID 1); no CMD and no example in the base."""
+    entrypoint = final.last("ENTRYPOINT")
     assert entrypoint is not None
-    assert cmd is not None
     assert entrypoint.exec_form == ["fargate-runtime", "run"]
+    assert final.last("CMD") is None, "a child that forgets CMD must not run someone else's app"
+    copied = " ".join(i.rest for i in final.all("COPY"))
+    assert "examples" not in copied
+
+
+def test_child_installs_are_held_to_the_tested_versions(build: list[Stage], final: Stage) -> None:
+    """PIP_CONSTRAINT names a file the image holds: the versions the builder installed."""
+    constraint = final.environment()["PIP_CONSTRAINT"]
+    builder_runs = " ".join(i.arguments for i in build[0].all("RUN"))
+    frozen = f"pip list --format=freeze --exclude pip --exclude setuptools > {constraint}"
+    assert frozen in builder_runs
+    copies = [i.rest.split() for i in final.all("COPY") if i.flags.get("from") == "builder"]
+    assert [constraint, constraint] in copies
+    # The builder installs with the repository's constraints, so the frozen file holds them.
+    assert "-c constraints.txt" in builder_runs
+
+
+@pytest.fixture(params=CHILDREN, ids=lambda path: path.parent.name)
+def child(request: pytest.FixtureRequest) -> tuple[Path, list[Stage]]:
+    """An example's Dockerfile and its stages."""
+    path: Path = request.param
+    return path, stages(parse(path.read_text(encoding="utf-8")))
+
+
+def test_every_example_has_a_child_dockerfile() -> None:
+    """Each example folder (a package with app.py) has a Dockerfile beside it."""
+    examples = {p.parent for p in REPO.glob("examples/*/app.py")}
+    assert examples
+    assert {p.parent for p in CHILDREN} == examples
+
+
+def test_child_builds_from_the_base(child: tuple[Path, list[Stage]]) -> None:
+    """One stage, FROM the base image given as a build argument; the base's ENTRYPOINT kept."""
+    path, built = child
+    text = path.read_text(encoding="utf-8")
+    assert len(built) == 1
+    assert built[0].base.startswith("fargate-runtime:"), built[0].base
+    assert "FROM ${BASE_IMAGE}" in text
+    assert built[0].last("ENTRYPOINT") is None
+    assert built[0].last("HEALTHCHECK") is None  # inherited from the base
+
+
+def test_child_cmd_names_a_module_it_copies(child: tuple[Path, list[Stage]]) -> None:
+    """CMD is one exec-form MODULE:ATTR whose module file is copied from beside the Dockerfile."""
+    path, built = child
+    stage = built[0]
+    cmd = stage.last("CMD")
+    assert cmd is not None
     assert cmd.exec_form is not None
     assert len(cmd.exec_form) == 1
-    assert re.fullmatch(r"[\w.]+:\w+", cmd.exec_form[0])
+    module, _, attribute = cmd.exec_form[0].partition(":")
+    assert attribute
+    package, _, name = module.rpartition(".")
+    copies = [i.rest.split() for i in stage.all("COPY") if "from" not in i.flags]
+    targets = {words[-1].rstrip("/"): words[:-1] for words in copies}
+    sources = targets[f"/app/{package}"]
+    assert f"{name}.py" in sources
+    assert "__init__.py" in sources
+    for words in copies:
+        for source in words[:-1]:
+            assert (path.parent / source).is_file(), f"{path}: COPY {source} is not in the context"
 
 
-def test_default_app_module_exists(final: Stage) -> None:
-    """The default CMD names a module the image copies into /app."""
-    cmd = final.last("CMD")
-    assert cmd is not None
-    assert cmd.exec_form is not None
-    module = cmd.exec_form[0].partition(":")[0]
-    path = REPO / (module.replace(".", "/") + ".py")
-    if not path.exists():
-        pytest.skip(f"{path.relative_to(REPO)} is not written yet (the example worker's issue)")
-    assert any(i.rest.split()[0] == "examples" for i in final.all("COPY"))
+def test_child_installs_under_the_constraints_and_runs_as_10001(
+    child: tuple[Path, list[Stage]],
+) -> None:
+    """pip installs its requirements (never overriding PIP_CONSTRAINT); code compiled; uid 10001."""
+    path, built = child
+    stage = built[0]
+    runs = [i.arguments for i in stage.all("RUN")]
+    assert any(run.startswith("pip install") and "-r /app/requirements.txt" in run for run in runs)
+    assert not any("PIP_CONSTRAINT" in run or "--no-deps" in run for run in runs)
+    assert "PIP_CONSTRAINT" not in stage.environment()
+    assert any("compileall" in run and "/app" in run and "/opt/venv" in run for run in runs)
+    user = stage.last("USER")
+    assert user is not None
+    assert user.arguments == "10001:10001"
+    assert all(i.line < user.line for i in stage.all("RUN"))
+    assert (path.parent / "requirements.txt").is_file()
 
 
 def test_stop_signal_is_sigterm(final: Stage) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fargate_runtime.sizing import (
+from fargate_runtime.deploy.sizing import (
     FARGATE_SIZES,
     TaskSize,
     all_sizes,

@@ -10,15 +10,15 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from fargate_runtime.settings import RuntimeSettings, load_settings
-from fargate_runtime.sizing import FARGATE_SIZES
-from fargate_runtime.taskdef import (
+from fargate_runtime.deploy.sizing import FARGATE_SIZES
+from fargate_runtime.deploy.taskdef import (
     RULES,
     Severity,
     check_task_definition,
     image_problem,
     plaintext_secret,
 )
+from fargate_runtime.settings import RuntimeSettings, load_settings
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -152,17 +152,19 @@ def test_not_a_task_definition() -> None:
     assert rules_of({"containerDefinitions": "nope"}) == {"task-definition"}
 
 
-def test_arm64_on_spot() -> None:
-    """ARM64 is refused only when the task is said to run on FARGATE_SPOT."""
+def test_arm64_runs_on_spot_and_windows_does_not() -> None:
+    """ARM64 on FARGATE_SPOT is fine (platform 1.4.0+); Windows there is refused."""
     task = worker()
     task["runtimePlatform"]["cpuArchitecture"] = "ARM64"
+    assert rules_of(task, "FARGATE_SPOT") == set()
+    task["runtimePlatform"]["operatingSystemFamily"] = "WINDOWS_SERVER_2022_CORE"
     assert rules_of(task, "FARGATE") == set()
-    assert rules_of(task, "fargate_spot") == {"arm64-spot"}
+    assert rules_of(task, "fargate_spot") == {"windows-spot"}
 
 
 def test_every_rule_has_a_bad_example() -> None:
     """The list of broken task definitions covers every rule."""
-    covered = {rule for rule, _ in BAD} | {"task-definition", "arm64-spot"}
+    covered = {rule for rule, _ in BAD} | {"task-definition", "windows-spot"}
     assert covered == {rule.id for rule in RULES}
 
 

@@ -18,7 +18,7 @@ import hcl2
 import pytest
 from hcl2.utils import SerializationOptions
 
-from fargate_runtime.taskdef import check_task_definition
+from fargate_runtime.deploy.taskdef import check_task_definition
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 TERRAFORM = DEPLOY / "terraform"

@@ -1,6 +1,6 @@
 """Deliberately broken workers the drill must catch (run by ``fargate-runtime run``, not imported).
 
-``deaf`` is the example payment worker in a container whose SIGTERM never reaches Python (a
+``deaf`` is the drill's default payment worker in a container whose SIGTERM never reaches Python (a
 shell-form ``CMD``): it keeps working until the platform's SIGKILL.
 """
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import signal
 
-from examples.sqs_worker.app import setup
 from fargate_runtime import Runtime, Supervisor
+from fargate_runtime.drill.worker import setup
 
 deaf = Supervisor(setup, handle_signals=False)
 

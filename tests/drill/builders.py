@@ -96,6 +96,7 @@ def observations(
     dead: list[DeadLetter] | None = None,
     executions: list[Execution] | None = None,
     timed_out: bool = False,
+    misbehave_share: float = 0.0,
 ) -> Observations:
     the_plan = the_plan or plan()
     return Observations(
@@ -110,6 +111,7 @@ def observations(
         sending_started_at=1.0,
         duration_seconds=40.0,
         timed_out=timed_out,
+        misbehave_share=misbehave_share,
     )
 
 

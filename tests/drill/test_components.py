@@ -61,17 +61,40 @@ async def test_queue_with_dlq_and_redrive_is_created_fresh(
     assert queue_url not in listed.get("QueueUrls", [])
 
 
-async def test_no_redis_and_no_redis_server_is_a_clear_error(
+async def test_no_redis_server_for_a_private_redis_is_a_clear_error(
     sqs_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With nothing answering and no redis-server on PATH, the error says how to get one."""
+    """A private Redis wanted and no redis-server on PATH: the error says how to get one."""
     monkeypatch.setenv("PATH", str(tmp_path))
-    closed = f"redis://127.0.0.1:{free_port()}"
     with pytest.raises(ComponentsError, match="apt-get install -y redis-server"):
         async with Components(
-            run_id="t2", max_receive_count=3, sqs_endpoint_url=sqs_endpoint, redis_url=closed
+            run_id="t2", max_receive_count=3, sqs_endpoint_url=sqs_endpoint, private_redis=True
         ):
             pass
+
+
+@pytest.mark.parametrize(
+    ("named", "problem"),
+    [
+        ({"redis_url": "redis://:hunter2@127.0.0.1:{port}"}, "no Redis answers at"),
+        ({"sqs_endpoint_url": "http://127.0.0.1:{port}"}, "no SQS endpoint answers at"),
+        (
+            {"redis_url": "redis://127.0.0.1:{port}", "private_redis": True},
+            "will not restart the Redis at",
+        ),
+    ],
+)
+async def test_a_named_component_that_does_not_answer_is_never_replaced(
+    sqs_endpoint: str, named: dict[str, object], problem: str
+) -> None:
+    """A Redis or SQS endpoint that was named must answer; the drill never substitutes its own."""
+    port = free_port()
+    arguments: dict[str, object] = {"sqs_endpoint_url": sqs_endpoint}
+    arguments |= {k: v.format(port=port) if isinstance(v, str) else v for k, v in named.items()}
+    with pytest.raises(ComponentsError, match=problem) as raised:
+        async with Components(run_id="t4", max_receive_count=3, **arguments):  # type: ignore[arg-type]
+            pass
+    assert "hunter2" not in str(raised.value)
 
 
 async def test_restart_redis_uses_a_private_server_it_may_restart(sqs_endpoint: str) -> None:

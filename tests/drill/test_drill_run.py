@@ -23,13 +23,17 @@ pytestmark = [pytest.mark.process, pytest.mark.integration]
 
 
 def drill(
-    tmp_path: Path, sqs_endpoint: str, redis_url: str, *flags: str, timeout: float = 90
+    tmp_path: Path, sqs_endpoint: str, redis_url: str | None, *flags: str, timeout: float = 90
 ) -> tuple[int, str, dict[str, Any]]:
-    """Run a drill; return its exit code, its stdout (the report) and its JSON figures."""
+    """Run a drill; return its exit code, its stdout (the report) and its JSON figures.
+
+    ``redis_url=None`` names no Redis (``--restart-redis`` starts a private one).
+    """
     report = tmp_path / "report.json"
+    redis = ["--redis-url", redis_url] if redis_url is not None else []
     argv = [
         sys.executable, "-m", "fargate_runtime.cli", "drill",
-        "--sqs-endpoint", sqs_endpoint, "--redis-url", redis_url,
+        "--sqs-endpoint", sqs_endpoint, *redis,
         "--json", str(report), "--work-dir", str(tmp_path / "run"), "--quiet",
         "--events-per-second", "25", "--seed", "7",
         # A resent event waits 1 s (not 5) for its first copy to finish: a shorter tail.
@@ -64,11 +68,11 @@ def test_interrupted_workers_lose_nothing_and_charge_once(
 
 
 def test_chaos_kills_restart_and_poison_are_survived_and_explained(
-    tmp_path: Path, sqs_endpoint: str, redis_url: str
+    tmp_path: Path, sqs_endpoint: str
 ) -> None:
     """Hard kills, a Redis restart, malformed messages: nothing lost or double charged."""
     code, out, figures = drill(
-        tmp_path, sqs_endpoint, redis_url,
+        tmp_path, sqs_endpoint, None,
         "--events", "60", "--workers", "2", "--hard-kill-share", "1", "--restart-redis",
         "--malformed-share", "0.1", "--first-interrupt", "1.0", "--interrupt-every", "1,1.2",
         # Killed workers' messages come back after the visibility timeout: keep it short.
@@ -170,3 +174,25 @@ def test_the_issue_drill_postgres_against_redis(
     assert postgres["handler_executions"] > postgres["charge_attempts"]
     assert redis["double_charges"] > 0, out
     assert code == 1
+
+
+@pytest.mark.slow
+def test_misbehaving_handlers_are_survived_with_forced_exits_counted(
+    tmp_path: Path, sqs_endpoint: str, redis_url: str
+) -> None:
+    """Every first delivery blocks, spins, swallows cancellation or charges from a thread for
+    longer than the stop timeout: nothing lost, nothing charged twice, no SIGKILL needed, and
+    the interrupted worker's forced exit (70) is counted."""
+    code, out, figures = drill(
+        tmp_path, sqs_endpoint, redis_url,
+        "--events", "8", "--workers", "2", "--duplicates-share", "0",
+        "--misbehave-share", "1", "--events-per-second", "1",
+        "--first-interrupt", "4", "--interrupt-every", "5,6",
+        "--worker-env", "FARGATE_RUNTIME_SQS_CONCURRENCY=2",
+        timeout=240,
+    )  # fmt: skip
+    assert code == 0, out
+    assert (figures["lost"], figures["double_charges"], figures["overruns"]) == (0, 0, 0)
+    assert figures["charged"] == 8
+    assert figures["forced_exits"] >= 1, out
+    assert "exit 70" in out

@@ -13,7 +13,7 @@ from fargate_runtime.drill.components import DeadLetter
 from fargate_runtime.drill.interrupter import IncidentKind
 from fargate_runtime.drill.ledger import ChargeOutcome
 from fargate_runtime.drill.report import JSON_FIELDS, build_report, percentile
-from fargate_runtime.drill.table import render_table
+from fargate_runtime.drill.table import duplicate_summary, render_table
 from fargate_runtime.drill.workers import EndKind
 from tests.drill.builders import charge, event, incident, observations, plan, worker
 
@@ -36,6 +36,7 @@ ISSUE_FIELDS = [
     "handler_executions",
     "sigterms",
     "overruns",
+    "forced_exits",
     "chaos_kills",
     "drain_seconds_p50",
     "drain_seconds_p95",
@@ -54,7 +55,7 @@ def clean() -> list[RecordedRequest]:
 
 
 def test_json_has_exactly_the_documented_fields(tmp_path: Path) -> None:
-    """``--json`` writes the issue's 22 fields, in order, and nothing else."""
+    """``--json`` writes the issues' 23 fields, in order, and nothing else."""
     assert list(JSON_FIELDS) == ISSUE_FIELDS
     report = build_report(observations(clean()))
     path = tmp_path / "report.json"
@@ -188,6 +189,28 @@ def test_a_drain_deadline_after_the_charge_is_named_but_not_excused() -> None:
     assert any("exit 75" in note for note in report.notes)
 
 
+def test_a_forced_exit_of_a_drilled_misbehaving_handler_is_excused_with_the_same_key() -> None:
+    """With --misbehave-share, exit 70 after the charge and a retry under the same key: excused;
+    the forced exit is counted and noted."""
+    requests = [*clean(), charge(0, pid=102, at=25.0, outcome=REPLAYED)]
+    workers = [worker("w1", 101, sigterm_at=2.0, exited_at=5.5, exit_code=70), worker("w2", 102)]
+    report = build_report(observations(requests, workers=workers, misbehave_share=0.3))
+    assert [(e.cause, e.excused) for e in report.explanations] == [("forced_exit", True)]
+    assert (report.forced_exits, report.exit_code) == (1, 0)
+    assert any("exit 70" in note for note in report.notes)
+    undrilled = build_report(observations(requests, workers=workers))
+    assert undrilled.exit_code == 1  # without misbehaviour being drilled, it is a failure
+
+
+def test_a_forced_exit_never_excuses_a_retry_under_another_key() -> None:
+    """Another downstream key after a forced exit is a double charge: never excused."""
+    requests = [*clean(), charge(0, pid=102, at=25.0, key="charge:evt-t-000000:other")]
+    workers = [worker("w1", 101, sigterm_at=2.0, exited_at=5.5, exit_code=70), worker("w2", 102)]
+    report = build_report(observations(requests, workers=workers, misbehave_share=0.3))
+    assert [(e.cause, e.excused) for e in report.explanations] == [("forced_exit", False)]
+    assert report.exit_code == 1
+
+
 def test_an_overrun_fails_and_says_sigterm_never_arrived() -> None:
     """SIGKILL at the stop timeout is an overrun; no draining line points at the signal."""
     deaf = worker("w1", 101, end=EndKind.OVERRUN, sigterm_at=10.0, exited_at=20.0, exit_code=-9)
@@ -236,5 +259,30 @@ def test_the_table_shows_the_verdict_figures_and_causes() -> None:
     assert text.startswith("fargate-runtime drill: PASSED (exit 0)")
     for label in ("events sent", "lost", "double charges", "SIGKILLs: overruns", "drain max"):
         assert label in text
-    assert "Duplicate attempts and their causes (hard kill 1)" in text
+    assert "Duplicate attempts (1: 1 explained by a hard kill or a Redis restart):" in text
+    assert "(1 explained by a hard kill or a Redis restart)" in text  # the row says the same
     assert "[explained]" in text
+
+
+def test_the_row_and_the_list_of_causes_use_the_same_counts() -> None:
+    """A crash and an unexplained attempt: the figures row and the list header agree."""
+    seen = observations(
+        [
+            charge(0, pid=101, at=2.0),
+            charge(0, pid=102, at=3.0),
+            charge(1, pid=101, at=2.5),
+            charge(1, pid=103, at=4.0),
+        ],
+        workers=[
+            worker("w1", 101, exited_at=2.6, exit_code=1, end=EndKind.EXITED),
+            worker("w2", 102),
+            worker("w3", 103),
+        ],
+    )
+    report = build_report(seen)
+    text = render_table(report)
+    summary = duplicate_summary(report)
+    assert summary.startswith("0 explained by a hard kill or a Redis restart, 2 not: ")
+    assert f"({summary})" in text
+    assert f"Duplicate attempts (2: {summary}):" in text
+    assert sum(text.count(f"[{mark}]") for mark in ("explained", "NOT EXPLAINED")) == 2

@@ -1,4 +1,4 @@
-"""PostgreSQL helpers for the tests: a schema of the test's own, and waiting out a lease."""
+"""PostgreSQL helpers for the tests: a schema or database of the test's own, waiting out a lease."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import contextlib
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -52,6 +53,26 @@ class PostgresSchema:
         try:
             await connection.execute(f"SET search_path TO {self.name}")
             return await connection.fetchval(query, *args)
+        finally:
+            await connection.close()
+
+
+class PostgresDatabase:
+    """A database of one test's own, for code that writes outside any schema we name."""
+
+    @staticmethod
+    @contextlib.asynccontextmanager
+    async def created(url: str) -> AsyncIterator[str]:
+        """Create ``frt_test_<random>`` on the server of ``url``; yield its URL; drop it after
+        (with ``FORCE``: a connection a killed process left behind does not keep it)."""
+        name = f"frt_test_{uuid.uuid4().hex[:12]}"
+        connection = await asyncpg.connect(url)
+        try:
+            await connection.execute(f"CREATE DATABASE {name}")
+            try:
+                yield urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+            finally:
+                await connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         finally:
             await connection.close()
 

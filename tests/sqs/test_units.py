@@ -170,7 +170,9 @@ class RecordingVisibility:
     def __init__(self) -> None:
         self.changes: list[tuple[str, int]] = []
 
-    async def change_now(self, changes: list[tuple[str, str, int]]) -> list[AckOutcome]:
+    async def change_now(
+        self, changes: list[tuple[str, str, int]], *, log_fields: object = None
+    ) -> list[AckOutcome]:
         self.changes.extend((message_id, seconds) for message_id, _, seconds in changes)
         return [AckOutcome.DONE] * len(changes)
 

@@ -14,26 +14,27 @@ from opentelemetry import trace
 from fargate_runtime.idempotency import (
     ClaimRequest,
     ClaimStatus,
-    Completion,
     FailurePolicy,
     Idempotency,
     RedisStore,
     fingerprint,
 )
-from fargate_runtime.sqs import Consumer, Message, MessageContext, SqsSettings, json_field
+from fargate_runtime.sqs import Consumer, Message, MessageContext, SqsSettings
 from fargate_runtime.sqs._backlog import BacklogSampler
-from fargate_runtime.telemetry import (
-    IDEMPOTENCY_OUTCOME_ATTRIBUTE,
-    ConsumerMetrics,
-    inject_sqs_attributes,
-)
+from fargate_runtime.telemetry import DISPOSITION_ATTRIBUTE, IDEMPOTENCY_OUTCOME_ATTRIBUTE
+from fargate_runtime.telemetry._instruments import ConsumerMetrics
 from tests.sqs.conftest import event
 from tests.sqs.support import eventually, running, send, settings
+from tests.telemetry.consuming import (
+    event_id_of,
+    keyed,
+    name_of,
+    previously,
+    process_spans,
+    send_traced,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
-
-    from opentelemetry.sdk.trace import ReadableSpan
     from types_aiobotocore_sqs import SQSClient
 
     from fargate_runtime.local import RedisServer
@@ -44,77 +45,6 @@ pytestmark = pytest.mark.integration
 
 TRACER = trace.get_tracer("tests")
 logger = logging.getLogger("tests.handler")
-
-
-@pytest.fixture
-async def queue(sqs: SQSClient) -> AsyncIterator[str]:
-    """A fresh queue (its name also tells this test's metric points apart), deleted after."""
-    url = (await sqs.create_queue(QueueName=f"otel{uuid.uuid4().hex[:16]}"))["QueueUrl"]
-    yield url
-    await sqs.delete_queue(QueueUrl=url)
-
-
-@pytest.fixture
-def idempotency(redis_client: redis.asyncio.Redis, redis_prefix: str) -> Idempotency:
-    """Idempotency on the real Redis, under this test's key prefix."""
-    return Idempotency(RedisStore(redis_client), prefix=redis_prefix)
-
-
-def name_of(queue_url: str) -> str:
-    """The queue name, as spans and metric points carry it."""
-    return queue_url.rsplit("/", 1)[-1]
-
-
-def keyed(
-    handler: Callable[[Message, MessageContext], Awaitable[None]],
-    sqs: SQSClient,
-    queue_url: str,
-    idempotency: Idempotency,
-    **overrides: object,
-) -> Consumer:
-    """A consumer keyed by ``event_id``; backoffs long enough that nothing comes back mid-test."""
-    values: dict[str, object] = {
-        "backoff_base_seconds": 60,
-        "backoff_cap_seconds": 60,
-        "in_progress_delay_seconds": 60,
-        **overrides,
-    }
-    return Consumer(
-        handler,
-        client=sqs,
-        settings=settings(queue_url, **values),
-        idempotency=idempotency,
-        key=json_field("event_id"),
-    )
-
-
-def process_spans(recorded: Recorded, queue_url: str) -> dict[str, ReadableSpan]:
-    """This queue's finished consumer spans, by message id."""
-    found: dict[str, ReadableSpan] = {}
-    for span in recorded.spans.get_finished_spans():
-        if span.name == f"process {name_of(queue_url)}" and span.attributes is not None:
-            found[str(span.attributes["messaging.message.id"])] = span
-    return found
-
-
-async def send_traced(sqs: SQSClient, queue_url: str, body: str) -> tuple[str, trace.Span]:
-    """Send ``body`` from inside a producer span, its context in a ``traceparent`` attribute."""
-    with TRACER.start_as_current_span("publish", kind=trace.SpanKind.PRODUCER) as producer:
-        sent = await sqs.send_message(
-            QueueUrl=queue_url, MessageBody=body, MessageAttributes=inject_sqs_attributes({})
-        )
-    return sent["MessageId"], producer
-
-
-async def previously(idempotency: Idempotency, queue_url: str, event_id: str, body: str) -> None:
-    """Record ``event_id`` as completed by an earlier run, for a payload ``body``."""
-    key = idempotency.key(f"sqs:{name_of(queue_url)}", event_id)
-    store = idempotency.store
-    (claim,) = await store.claim_many(
-        [ClaimRequest(key, fingerprint(body.encode()))], owner="earlier-run", lease_seconds=60
-    )
-    assert claim.token is not None
-    assert await store.complete_many([Completion(key, claim.token, b"")], retention_seconds=600)
 
 
 async def test_handler_runs_in_a_consumer_span_child_of_the_producer_span(
@@ -144,7 +74,11 @@ async def test_handler_runs_in_a_consumer_span_child_of_the_producer_span(
         "messaging.operation.name": "process",
         "messaging.message.id": message_id,
         IDEMPOTENCY_OUTCOME_ATTRIBUTE: "claimed",
+        DISPOSITION_ATTRIBUTE: "deleted",
     }
+    assert span.status.status_code is trace.StatusCode.UNSET
+    # Linked to the producer too, as the messaging conventions recommend.
+    assert [link.context.span_id for link in span.links] == [producer.get_span_context().span_id]
     (line,) = json_lines.with_message("charging")
     assert line["trace_id"] == f"{span.context.trace_id:032x}"
     assert line["span_id"] == f"{span.context.span_id:016x}"
@@ -159,9 +93,9 @@ async def test_each_claim_outcome_is_on_its_message_span(
         outcome: event(f"{outcome}-{uuid.uuid4().hex[:6]}")
         for outcome in ("claimed", "replayed", "in_progress", "mismatch")
     }
-    await previously(idempotency, queue, _event_id(bodies["replayed"]), bodies["replayed"])
-    await previously(idempotency, queue, _event_id(bodies["mismatch"]), "another payload")
-    elsewhere = idempotency.key(f"sqs:{name_of(queue)}", _event_id(bodies["in_progress"]))
+    await previously(idempotency, queue, event_id_of(bodies["replayed"]), bodies["replayed"])
+    await previously(idempotency, queue, event_id_of(bodies["mismatch"]), "another payload")
+    elsewhere = idempotency.key(f"sqs:{name_of(queue)}", event_id_of(bodies["in_progress"]))
     (held,) = await idempotency.store.claim_many(
         [ClaimRequest(elsewhere, fingerprint(bodies["in_progress"].encode()))],
         owner="another-worker",
@@ -186,11 +120,6 @@ async def test_each_claim_outcome_is_on_its_message_span(
     assert handled == [ids["claimed"]]
     # Each message's span continues its own producer's trace, run or not.
     assert all(span.parent is not None and span.parent.is_remote for span in spans.values())
-
-
-def _event_id(body: str) -> str:
-    """The ``event_id`` the consumer keys ``body`` by."""
-    return str(Message(message_id="-", body=body, receipt_handle="-").json()["event_id"])
 
 
 @pytest.mark.parametrize("policy", [FailurePolicy.CLOSED, FailurePolicy.OPEN])
@@ -232,7 +161,7 @@ async def test_metric_counts_match_what_the_consumer_did(
     failing = [event(f"boom-{i}", fail=True) for i in range(2)]
     duplicates = [event(f"dup-{i}") for i in range(3)]
     for body in duplicates:
-        await previously(idempotency, queue, _event_id(body), body)
+        await previously(idempotency, queue, event_id_of(body), body)
     await send(sqs, queue, [*good, *failing, *duplicates, "not json"])
 
     async def handle(message: Message, context: MessageContext) -> None:

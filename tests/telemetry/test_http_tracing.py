@@ -26,7 +26,7 @@ from fargate_runtime.http import (
 )
 from fargate_runtime.idempotency import RedisStore
 from fargate_runtime.telemetry import IDEMPOTENCY_OUTCOME_ATTRIBUTE
-from tests.http.serving import example_client, served
+from tests.http.serving import HTTP, RUNTIME, example_client, served
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -118,6 +118,23 @@ async def test_replay_and_mismatch_are_on_the_request_span(
         201,
         422,
     ]
+    # The middleware answered the replay and the 422 itself: still named by their route.
+    assert [span.name for span in spans] == ["POST /payments"] * 3
+    assert [(span.attributes or {})["http.route"] for span in spans] == ["/payments"] * 3
+
+
+async def test_a_request_refused_before_routing_is_named_by_its_route(
+    recorded: Recorded, client: httpx.AsyncClient
+) -> None:
+    """A POST without its required Idempotency-Key (400) still carries ``http.route``."""
+    response = await client.post("/payments", json=PAYMENT)
+    assert response.status_code == 400
+    (span,) = server_spans(recorded)
+    assert span.name == "POST /payments"
+    assert span.attributes is not None
+    assert span.attributes["http.route"] == "/payments"
+    assert span.attributes["http.response.status_code"] == 400
+    assert span.status.status_code is trace.StatusCode.UNSET
 
 
 async def test_route_template_names_the_span_and_unknown_paths_have_none(
@@ -174,6 +191,7 @@ async def test_in_progress_is_on_the_span_of_the_409(
     busy, done = server_spans(recorded)  # the 409 ends first
     assert (outcome_of(busy), outcome_of(done)) == ("in_progress", "claimed")
     assert (busy.attributes or {})["http.response.status_code"] == 409
+    assert (busy.name, done.name) == ("POST /slow", "POST /slow")
 
 
 async def test_store_error_is_on_the_span_of_the_503(
@@ -205,24 +223,96 @@ async def test_store_error_is_on_the_span_of_the_503(
     assert outcome_of(span) == "store_error"
     assert span.status.status_code is trace.StatusCode.ERROR
     assert (span.attributes or {})["error.type"] == "503"
+    assert span.name == "POST /pay"
 
 
-async def test_app_exception_marks_the_span(recorded: Recorded) -> None:
-    """An exception escaping the app is recorded on the span with its class as ``error.type``."""
+async def test_app_exception_is_a_500_everywhere_it_is_told(
+    recorded: Recorded, json_lines: JsonLines
+) -> None:
+    """An exception escaping the app: a 500 on the span, the request line and the duration, and
+    uvicorn's traceback line names the request and its trace."""
 
     async def broken(request: Request) -> PlainTextResponse:
         raise LookupError("no such ledger")
 
-    app = Starlette(routes=[Route("/broken", broken)], middleware=[Middleware(TracingMiddleware)])
+    app = Starlette(
+        routes=[Route("/broken", broken)],
+        middleware=[Middleware(TracingMiddleware), Middleware(RequestContextMiddleware)],
+    )
     async with served(app) as running, httpx.AsyncClient(base_url=running.url) as http:
-        response = await http.get("/broken")
+        response = await http.get("/broken", headers={"x-request-id": "req-500"})
     assert response.status_code == 500
     (span,) = server_spans(recorded)
     assert span.status.status_code is trace.StatusCode.ERROR
+    assert span.status.description == "LookupError: no such ledger"
     assert span.attributes is not None
     assert span.attributes["error.type"] == "LookupError"
     assert span.attributes["http.route"] == "/broken"
+    assert span.attributes["http.response.status_code"] == 500
     assert [event.name for event in span.events] == ["exception"]
+    (request_line,) = json_lines.with_message("request")
+    assert (request_line["status"], request_line["request_id"]) == (500, "req-500")
+    (traceback_line,) = [
+        line
+        for line in json_lines.lines
+        if line["logger"] == "uvicorn.error" and "exception" in line
+    ]
+    assert traceback_line["message"].startswith("Exception in ASGI application")
+    assert "LookupError: no such ledger" in traceback_line["exception"]
+    assert traceback_line["request_id"] == "req-500"
+    assert traceback_line["trace_id"] == f"{span.context.trace_id:032x}"
+    assert traceback_line["span_id"] == f"{span.context.span_id:016x}"
+    (duration,) = [
+        p
+        for p in recorded.points("http.server.request.duration")
+        if (p.attributes or {}).get("http.route") == "/broken"
+    ]
+    assert dict(duration.attributes or {}) == {
+        "http.request.method": "GET",
+        "url.scheme": "http",
+        "network.protocol.version": "1.1",
+        "http.route": "/broken",
+        "http.response.status_code": 500,
+        "error.type": "LookupError",
+    }
+
+
+async def test_a_request_cut_at_the_drain_deadline_keeps_its_ids(
+    recorded: Recorded, json_lines: JsonLines
+) -> None:
+    """The cut request's lines carry its request and trace ids; its span says it was cancelled."""
+    entered = asyncio.Event()
+
+    async def stuck(request: Request) -> PlainTextResponse:
+        entered.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    app = Starlette(
+        routes=[Route("/stuck", stuck)],
+        middleware=[Middleware(TracingMiddleware), Middleware(RequestContextMiddleware)],
+    )
+    runtime = RUNTIME.model_copy(update={"drain_seconds": 1.0})
+    http_settings = HTTP.model_copy(update={"request_drain_seconds": 0.5})
+    async with (
+        served(app, http=http_settings, runtime=runtime) as running,
+        httpx.AsyncClient(base_url=running.url, timeout=10) as http,
+    ):
+        request = asyncio.create_task(http.get("/stuck", headers={"x-request-id": "req-cut"}))
+        await entered.wait()
+        running.stop()
+        response = await request
+    assert response.status_code == 503
+    (span,) = server_spans(recorded)
+    assert span.status.status_code is trace.StatusCode.ERROR
+    assert (span.attributes or {})["error.type"] == "CancelledError"
+    (cut,) = json_lines.with_message("request cut at the drain deadline")
+    (request_line,) = json_lines.with_message("request")
+    for line in (cut, request_line):
+        assert line["request_id"] == "req-cut"
+        assert line["trace_id"] == f"{span.context.trace_id:032x}"
+    assert cut["status"] == 503
+    assert (request_line["status"], request_line["cancelled"]) == (None, True)
 
 
 async def test_a_route_behind_a_mount_gets_no_route_attribute(recorded: Recorded) -> None:

@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+import bisect
 import io
 import json
 import logging
 import subprocess
 import sys
+import threading
 import uuid
 from typing import TYPE_CHECKING
 
 import aioboto3
 from opentelemetry import trace
+from opentelemetry.sdk.metrics.export import HistogramDataPoint
 
-from fargate_runtime.logging import configure_logging
+from fargate_runtime.logging import bind_log_context, configure_logging, log_context_of
 from fargate_runtime.telemetry import (
+    LOOP_LAG_BUCKETS_SECONDS,
     SQS_ATTRIBUTE_LIMIT,
     extract_sqs_context,
     inject_sqs_attributes,
     parse_aws_trace_header,
     process_span,
+    record_event_loop_lag,
 )
 
 if TYPE_CHECKING:
@@ -182,3 +187,48 @@ async def test_shutdown_is_traced_and_drain_duration_recorded(recorded: Recorded
         for metric in scope.metrics
     }
     assert "fargate_runtime.shutdown.drain.duration" in names
+
+
+def test_an_exception_takes_its_log_context_to_where_it_is_logged(recorded: Recorded) -> None:
+    """A line logged about an exception outside its block still names the block's ids."""
+    buffer = io.StringIO()
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    configure_logging(stream=buffer)
+    caught: BaseException | None = None
+
+    def fail() -> None:
+        raise KeyError("gone")
+
+    try:
+        with TRACER.start_as_current_span("request") as span:
+            try:
+                with bind_log_context(request_id="outer"), bind_log_context(attempt=2):
+                    fail()
+            except KeyError as exc:
+                caught = exc
+        logging.getLogger("server").error("Exception in application", exc_info=caught)
+        logging.getLogger("server").info("unrelated")
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    failed, unrelated = (json.loads(line) for line in buffer.getvalue().splitlines())
+    assert failed["request_id"] == "outer"
+    assert failed["attempt"] == 2  # the innermost block's fields, the most complete, won
+    assert failed["trace_id"] == f"{span.get_span_context().trace_id:032x}"
+    assert failed["span_id"] == f"{span.get_span_context().span_id:016x}"
+    assert "KeyError: 'gone'" in failed["exception"]
+    assert "request_id" not in unrelated
+    assert log_context_of(caught)["request_id"] == "outer"
+
+
+def test_event_loop_lag_lands_in_its_seconds_histogram(recorded: Recorded) -> None:
+    """A lag sample recorded from another thread lands in the loop-lag histogram's bucket."""
+    thread = threading.Thread(target=record_event_loop_lag, args=(0.3,))
+    thread.start()
+    thread.join()
+    (point,) = recorded.points("fargate_runtime.event_loop.lag")
+    assert isinstance(point, HistogramDataPoint)
+    assert list(point.explicit_bounds) == list(LOOP_LAG_BUCKETS_SECONDS)
+    assert point.count >= 1
+    assert point.bucket_counts[bisect.bisect_left(LOOP_LAG_BUCKETS_SECONDS, 0.3)] >= 1

@@ -70,7 +70,7 @@ Architecture = Literal["X86_64", "ARM64"]
 ARCHITECTURES: tuple[Architecture, ...] = ("X86_64", "ARM64")
 
 # us-east-1, Linux, on demand. Secondary sources, read in 2026: check the AWS Fargate pricing
-# page before relying on them. Spot (x86_64 only) is up to 70% off and varies, so no figure.
+# page before relying on them. Spot (x86_64 and ARM64) is up to 70% off and varies, so no figure.
 PRICES_SOURCE = "us-east-1 on-demand Linux prices, secondary sources, 2026"
 PRICES: Mapping[Architecture, Price] = MappingProxyType(
     {

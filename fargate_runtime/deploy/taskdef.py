@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
+from ..errors import ConfigurationError
+from ..settings import ENV_PREFIX, RuntimeSettings, load_settings
 from ._taskdef_rules import (
     ECS_DEFAULT_STOP_TIMEOUT_SECONDS,
     ECS_MAX_STOP_TIMEOUT_SECONDS,
@@ -27,8 +29,6 @@ from ._taskdef_rules import (
     image_problem,
     plaintext_secret,
 )
-from .errors import ConfigurationError
-from .settings import ENV_PREFIX, RuntimeSettings, load_settings
 from .sizing import FARGATE_SIZES, allowed_memory_mib, parse_cpu_units, parse_memory_mib
 
 if TYPE_CHECKING:
@@ -154,13 +154,16 @@ def _one_of(values: list[str]) -> str:
     return values[0] if len(values) == 1 else f"{', '.join(values[:-1])} or {values[-1]}"
 
 
-def _arm64_spot(task: _Task) -> Iterator[_Problem]:
-    architecture = str(_dict(task.data.get("runtimePlatform")).get("cpuArchitecture", "X86_64"))
-    if architecture.upper() == "ARM64" and "FARGATE_SPOT" in task.capacity_providers:
+def _windows_spot(task: _Task) -> Iterator[_Problem]:
+    # Fargate Spot runs Linux tasks, x86_64 (platform 1.3.0+) and ARM64 (1.4.0+; the ECS API
+    # reference, CapacityProviderStrategyItem): Graviton and Spot discounts combine. Windows
+    # containers have no Spot.
+    family = str(_dict(task.data.get("runtimePlatform")).get("operatingSystemFamily", "LINUX"))
+    if family.upper().startswith("WINDOWS") and "FARGATE_SPOT" in task.capacity_providers:
         yield _Problem(
-            "arm64-spot",
-            ".runtimePlatform.cpuArchitecture",
-            "ARM64 on the FARGATE_SPOT capacity provider: Fargate Spot runs x86_64 "
+            "windows-spot",
+            ".runtimePlatform.operatingSystemFamily",
+            f"{family} on the FARGATE_SPOT capacity provider: Fargate Spot runs Linux tasks "
             "only, so these tasks never start",
         )
 
@@ -372,7 +375,7 @@ def _stop_timeout(c: _Container) -> Iterator[_Problem]:
 _TASK_RULES: tuple[Callable[[_Task], Iterator[_Problem]], ...] = (
     _fargate_and_network,
     _cpu_memory,
-    _arm64_spot,
+    _windows_spot,
     _execution_role,
     _essential,
 )

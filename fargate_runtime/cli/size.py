@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
-from .sizing import (
+from ..deploy.sizing import (
     ARCHITECTURES,
     HOURS_PER_MONTH,
     PRICES_SOURCE,
@@ -15,27 +15,18 @@ from .sizing import (
     choose_size,
     price_per_hour,
 )
+from ._numbers import bounded_float
+
+if TYPE_CHECKING:
+    import argparse
 
 __all__ = ["configure_parser", "run_command"]
 
 EXIT_OK, EXIT_NO_FIT = 0, 1
+# Figures in --json keep this many decimals (0.45 x 1.3 is 0.5850000000000001 in floats).
+_DECIMALS = 4
 
-
-def _positive(text: str) -> float:
-    value = _non_negative(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value >= 0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
-    return value
+_non_negative = bounded_float(minimum=0)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -52,19 +43,20 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--vcpu",
-        type=_positive,
+        type=bounded_float(above=0, maximum=1024),
         default=1.0,
         metavar="V",
         help="vCPUs the percentage is of: the task's size for CloudWatch (default: 1, one core)",
     )
     parser.add_argument(
         "--headroom",
-        type=_non_negative,
+        type=bounded_float(minimum=0, maximum=10),
         default=0.3,
         metavar="H",
-        help="spare capacity on top of the peak (default: 0.3, i.e. 30%%)",
+        help="spare capacity on top of the peak, 0..10 (default: 0.3, i.e. 30%%)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.epilog = "exit codes: 0 a size fits; 1 no Fargate size holds the peak; 2 bad arguments"
 
 
 def _prices(size: TaskSize) -> dict[str, dict[str, float]]:
@@ -79,17 +71,25 @@ def _prices(size: TaskSize) -> dict[str, dict[str, float]]:
 
 def _as_dict(choice: SizeChoice) -> dict[str, object]:
     size = choice.size
+    cpu_use, memory_use = choice.cpu_utilization_at_peak, choice.memory_utilization_at_peak
     return {
-        "peak": {"vcpu": choice.peak_vcpu, "memory_mib": choice.peak_memory_mib},
+        "peak": {"vcpu": _round(choice.peak_vcpu), "memory_mib": _round(choice.peak_memory_mib)},
         "headroom": choice.headroom,
-        "needed": {"vcpu": choice.needed_vcpu, "memory_mib": choice.needed_memory_mib},
+        "needed": {
+            "vcpu": _round(choice.needed_vcpu),
+            "memory_mib": _round(choice.needed_memory_mib),
+        },
         "size": None if size is None else {"cpu": size.cpu_units, "memory": size.memory_mib},
         "utilization_at_peak": None
         if size is None
-        else {"cpu": choice.cpu_utilization_at_peak, "memory": choice.memory_utilization_at_peak},
+        else {"cpu": _round(cpu_use), "memory": _round(memory_use)},
         "prices_usd": None if size is None else _prices(size),
         "prices_source": PRICES_SOURCE,
     }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, _DECIMALS)
 
 
 def _text(choice: SizeChoice) -> str:
@@ -112,7 +112,7 @@ def _text(choice: SizeChoice) -> str:
         f"price ({PRICES_SOURCE}):",
         f"  X86_64 ${x86['per_hour']:.5f}/hour, ${x86['per_month']:.2f}/month",
         f"  ARM64  ${arm['per_hour']:.5f}/hour, ${arm['per_month']:.2f}/month",
-        "  FARGATE_SPOT: up to 70% off X86_64, varies; no ARM64 on Spot",
+        "  FARGATE_SPOT: up to 70% off, X86_64 and ARM64 (platform 1.4.0+); the discount varies",
     ]
     return "\n".join(lines) + "\n"
 

@@ -1,5 +1,5 @@
 """The task-definition checklist: rule ids, severities, findings, and what secrets and
-unpinned images look like (the catalogue ``fargate_runtime.taskdef`` checks against)."""
+unpinned images look like (the catalogue ``fargate_runtime.deploy.taskdef`` checks against)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import enum
 import re
 from dataclasses import dataclass
 
-from .settings import ENV_PREFIX
+from ..settings import ENV_PREFIX
 
 __all__ = [
     "ECS_DEFAULT_STOP_TIMEOUT_SECONDS",
@@ -67,8 +67,8 @@ RULES: tuple[Rule, ...] = (
          'set "networkMode": "awsvpc"'),
     Rule("cpu-memory", _E, "task cpu and memory are a valid Fargate pair",
          "pick a pair with `fargate-runtime size`"),
-    Rule("arm64-spot", _E, "no ARM64 task on FARGATE_SPOT (Spot is x86_64 only)",
-         'use "cpuArchitecture": "X86_64" on Spot, or run ARM64 on FARGATE only'),
+    Rule("windows-spot", _E, "no Windows task on FARGATE_SPOT (Spot runs Linux, x86_64 and ARM64)",
+         "run Windows tasks on FARGATE only"),
     Rule("execution-role", _E, "an executionRoleArn when secrets, awslogs or ECR need one",
          "add an execution role that may pull the image, write logs and read the secrets"),
     Rule("essential-container", _E, "at least one container is essential",

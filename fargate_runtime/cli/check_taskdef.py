@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .taskdef import RULES, RULES_BY_ID, Finding, Severity, check_task_definition
+from ..deploy.taskdef import RULES, RULES_BY_ID, Finding, Severity, check_task_definition
 
 if TYPE_CHECKING:
     import argparse
@@ -39,6 +39,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--ignore", action="append", default=[], metavar="RULE", help="skip a rule (repeatable)"
     )
     parser.add_argument("--list-rules", action="store_true", help="list the rules and exit")
+    parser.epilog = (
+        "exit codes: 0 no error (warnings allowed unless --strict); 1 a failing finding; "
+        "2 a file that cannot be read or is not JSON, or a bad argument"
+    )
 
 
 def _read(name: str) -> object:
@@ -88,13 +92,14 @@ def run_command(args: argparse.Namespace) -> int:
         sys.stderr.write(f"check-taskdef: {problem} (see --list-rules)\n")
         return EXIT_UNREADABLE
     reports: list[dict[str, object]] = []
-    errors = warnings = 0
+    errors = warnings = unreadable = 0
     code = EXIT_OK
     for name in args.files:
         try:
             document = _read(name)
         except ValueError as exc:
             code = EXIT_UNREADABLE
+            unreadable += 1
             reports.append({"file": name, "unreadable": str(exc)})
             if not args.json:
                 sys.stderr.write(f"check-taskdef: {exc}\n")
@@ -112,10 +117,22 @@ def run_command(args: argparse.Namespace) -> int:
         if not args.json:
             sys.stdout.write(_text(name, findings))
     if args.json:
-        summary = {"files": reports, "errors": errors, "warnings": warnings, "exit_code": code}
+        summary = {
+            "files": reports,
+            "checked": len(args.files) - unreadable,
+            "unreadable": unreadable,
+            "errors": errors,
+            "warnings": warnings,
+            "exit_code": code,
+        }
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     else:
-        checked = _plural(len(args.files), "file")
+        checked = f"{_plural(len(args.files), 'file')} checked"
+        if unreadable:
+            checked = (
+                f"{len(args.files) - unreadable} of {_plural(len(args.files), 'file')} checked, "
+                f"{unreadable} unreadable"
+            )
         found = f"{_plural(errors, 'error')}, {_plural(warnings, 'warning')}"
-        sys.stdout.write(f"{checked} checked: {found}{' (strict)' if args.strict else ''}\n")
+        sys.stdout.write(f"{checked}: {found}{' (strict)' if args.strict else ''}\n")
     return code

@@ -1,26 +1,41 @@
 """``fargate-runtime postgres-schema``: print, apply or check the PostgreSQL store's schema.
 
 Exit codes: 0 done; 78 the database cannot be used as configured (unreachable, schema missing,
-rights missing, a bad setting), with one line on stderr naming the problem.
+rights missing, a bad setting), with one line on stderr naming the problem; 2 a bad argument.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import sys
 from typing import TYPE_CHECKING
 
-from .errors import ConfigurationError
-from .idempotency.postgres_schema import schema_sql
+from ..errors import ConfigurationError
+from ..idempotency.postgres_schema import schema_sql
 
 if TYPE_CHECKING:
-    import argparse
-
-    from .idempotency import IdempotencySettings
+    from ..idempotency import IdempotencySettings
 
 __all__ = ["configure_parser", "run_command"]
 
 _CONFIGURATION = 78
+
+
+def _schema_name(text: str) -> str:
+    """A schema name the store accepts (a bad one is a usage error, not a setting)."""
+    try:
+        schema_sql(text)
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _postgres_url(text: str) -> str:
+    """A ``postgresql://`` (or ``postgres://``) URL; never echoed (it may hold a password)."""
+    if text.partition("://")[0].lower() not in {"postgres", "postgresql"}:
+        raise argparse.ArgumentTypeError("the URL must start with postgresql://")
+    return text
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -36,13 +51,19 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add("--cleanup", dest="action", action="store_const", const="cleanup",
         help="delete expired records now, in batches of the configured size")  # fmt: skip
     parser.set_defaults(action="check")
+    parser.epilog = (
+        "exit codes: 0 done; 78 the database cannot be used as configured (unreachable, "
+        "schema or rights missing, a bad setting: one line says which); 2 bad arguments"
+    )
     parser.add_argument(
         "--url",
+        type=_postgres_url,
         default=None,
         help="postgresql:// URL (default: FARGATE_RUNTIME_IDEMPOTENCY_POSTGRES_URL, DATABASE_URL)",
     )
     parser.add_argument(
         "--schema",
+        type=_schema_name,
         default=None,
         help="schema name (default: FARGATE_RUNTIME_IDEMPOTENCY_POSTGRES_SCHEMA, fargate_runtime)",
     )
@@ -52,7 +73,9 @@ def run_command(args: argparse.Namespace) -> int:
     """Run the action; 78 with one line on stderr when the database cannot be used."""
     try:
         if args.action == "print":
-            sys.stdout.write(schema_sql(args.schema or _settings(args).postgres_schema))
+            sys.stdout.write(
+                schema_sql(args.schema or _settings(args, printing=True).postgres_schema)
+            )
             return 0
         return asyncio.run(_run(args))
     except ConfigurationError as exc:
@@ -60,10 +83,11 @@ def run_command(args: argparse.Namespace) -> int:
         return _CONFIGURATION
 
 
-def _settings(args: argparse.Namespace) -> IdempotencySettings:
-    from .idempotency import StoreKind, load_idempotency_settings
+def _settings(args: argparse.Namespace, *, printing: bool = False) -> IdempotencySettings:
+    from ..idempotency import StoreKind, load_idempotency_settings
 
-    overrides: dict[str, object] = {"store": StoreKind.POSTGRES}
+    # Printing needs only the schema's name: no database, so no URL either.
+    overrides: dict[str, object] = {"store": StoreKind.REDIS if printing else StoreKind.POSTGRES}
     if args.url is not None:
         overrides["postgres_url"] = args.url
     if args.schema is not None:
@@ -72,8 +96,8 @@ def _settings(args: argparse.Namespace) -> IdempotencySettings:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from .idempotency import PostgresStore
-    from .idempotency._postgres_calls import driver, unavailable_errors
+    from ..idempotency import PostgresStore
+    from ..idempotency._postgres_calls import driver, unavailable_errors
 
     settings = _settings(args)
     store = PostgresStore.from_settings(settings)

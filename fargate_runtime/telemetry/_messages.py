@@ -1,0 +1,114 @@
+"""One CONSUMER span per SQS message, from its receive until it leaves the consumer.
+
+Every message gets one, whatever happens to it: run, rejected before the handler (no usable key),
+a completed duplicate, in progress elsewhere, a payload mismatch, released at shutdown. The span
+is the producer's child and links to it (the messaging conventions' advice for consumers), so a
+producer's trace always ends in what became of its message::
+
+    receive ─▶ span starts (attributes built once per consumer, plus the message id)
+      claim ─▶ fargate_runtime.idempotency.outcome
+      handler runs inside it (its log lines and child spans carry its ids)
+      failure ─▶ status ERROR, error.type: the exception's class, or an ErrorType value
+    leaves ─▶ fargate_runtime.sqs.disposition (deleted / backed_off / released), span ends
+
+A batch handler runs in a span of its own that links to each message's span.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+from typing import TYPE_CHECKING, Final
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, NonRecordingSpan, SpanKind
+
+from ._core import TRACER, tracing_enabled
+from ._propagation import producer_context
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["DISPOSITION_ATTRIBUTE", "Disposition", "MessageSpans", "end_message_span", "within"]
+
+DISPOSITION_ATTRIBUTE: Final = "fargate_runtime.sqs.disposition"
+_BATCH_COUNT: Final = "messaging.batch.message_count"
+
+
+class Disposition(enum.Enum):
+    """How a message left the consumer (a span attribute)."""
+
+    DELETED = "deleted"  # handled, or a completed duplicate: deleted
+    BACKED_OFF = "backed_off"  # visible again after a backoff: failed, or in progress elsewhere
+    RELEASED = "released"  # visible again at once: shutdown, or behind a failed FIFO message
+
+
+class MessageSpans:
+    """Starts the spans of one queue's messages; nothing (None) while no tracer records."""
+
+    def __init__(self, *, queue_name: str) -> None:
+        self._name = f"process {queue_name}"
+        self._attributes = {
+            "messaging.system": "aws_sqs",
+            "messaging.destination.name": queue_name,
+            "messaging.operation.type": "process",
+            "messaging.operation.name": "process",
+        }
+        # An explicit empty context: a message without a producer context starts a new trace,
+        # whatever span the receiving task happens to be in.
+        self._root = Context()
+
+    def start(
+        self, *, message_id: str, traceparent: str | None, aws_trace_header: str | None
+    ) -> trace.Span | None:
+        """The span of a message just received, child of and linked to its producer's span."""
+        if not tracing_enabled():
+            return None
+        attributes = dict(self._attributes)
+        attributes["messaging.message.id"] = message_id
+        producer = producer_context(traceparent, aws_trace_header)
+        if producer is None:
+            return TRACER.start_span(
+                self._name, context=self._root, kind=SpanKind.CONSUMER, attributes=attributes
+            )
+        return TRACER.start_span(
+            self._name,
+            context=trace.set_span_in_context(NonRecordingSpan(producer)),
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+            links=[Link(producer)],
+        )
+
+    def start_batch(self, spans: Sequence[trace.Span | None]) -> trace.Span | None:
+        """The span a batch handler runs in: a new trace linking to each message's span."""
+        if not tracing_enabled():
+            return None
+        attributes: dict[str, str | int] = dict(self._attributes)
+        attributes[_BATCH_COUNT] = len(spans)
+        links = [Link(span.get_span_context()) for span in spans if span is not None]
+        return TRACER.start_span(
+            self._name,
+            context=self._root,
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+            links=links,
+        )
+
+
+def within(span: trace.Span | None) -> contextlib.AbstractContextManager[object]:
+    """Make a message's (or batch's) span current for the block; nothing without one.
+
+    Its status is left alone: the consumer says what a failure means (``InFlight.fail``).
+    """
+    if span is None:
+        return contextlib.nullcontext()
+    return trace.use_span(span, record_exception=False, set_status_on_exception=False)
+
+
+def end_message_span(span: trace.Span | None, disposition: Disposition) -> None:
+    """Say how the message left and end its span."""
+    if span is None:
+        return
+    span.set_attribute(DISPOSITION_ATTRIBUTE, disposition.value)
+    span.end()
