@@ -154,22 +154,22 @@ class IdempotencySettings(BaseSettings):
 
     @model_validator(mode="after")
     def _postgres_is_complete(self) -> IdempotencySettings:
-        if self.store is StoreKind.POSTGRES and self.postgres_url is None:
+        # Checked only for the postgres store: DATABASE_URL may name another database (MySQL)
+        # of a service whose records live in Redis.
+        if self.store is not StoreKind.POSTGRES:
+            return self
+        if self.postgres_url is None:
             raise ValueError(
                 f"the postgres store needs {ENV_PREFIX}POSTGRES_URL (or DATABASE_URL), "
                 "e.g. postgresql://app@db.internal:5432/app"
             )
-        return self
-
-    @field_validator("postgres_url")
-    @classmethod
-    def _postgres_scheme_is_known(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is None:
-            return value
-        scheme = value.get_secret_value().partition("://")[0].lower()
+        scheme = self.postgres_url.get_secret_value().partition("://")[0].lower()
         if scheme not in {"postgres", "postgresql"}:
-            raise ValueError(f"unsupported scheme {scheme!r}: use postgresql://")
-        return value
+            raise ValueError(
+                f"{ENV_PREFIX}POSTGRES_URL (or DATABASE_URL) has the scheme {scheme!r}: "
+                "use postgresql://"
+            )
+        return self
 
     @field_validator("key_prefix")
     @classmethod

@@ -244,6 +244,18 @@ def test_settings_select_the_store_and_refuse_bad_values(monkeypatch: pytest.Mon
     assert "topsecret" not in str(raised.value)
 
 
+def test_another_database_in_database_url_leaves_the_redis_store_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A service on Redis whose DATABASE_URL names MySQL starts: the URL is only checked for
+    the postgres store."""
+    monkeypatch.delenv("FARGATE_RUNTIME_IDEMPOTENCY_STORE", raising=False)
+    monkeypatch.setenv("DATABASE_URL", "mysql://app:pw@db:3306/app")
+    assert load_idempotency_settings().store is StoreKind.REDIS
+    with pytest.raises(ConfigurationError, match="has the scheme 'mysql'"):
+        load_idempotency_settings(store="postgres")
+
+
 async def test_a_database_restart_fails_closed_then_recovers(
     private_postgres: PostgresServer,
 ) -> None:
