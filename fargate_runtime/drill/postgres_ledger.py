@@ -72,7 +72,7 @@ async def create_ledger_tables(pool: asyncpg.Pool, schema: str) -> None:
 async def charge_in_transaction(
     tx: Transaction, request: ChargeRequest, *, schema: str
 ) -> ChargeOutcome:
-    """Apply ``request`` once per key, inside the handler's transaction (the SQLite rules).
+    """Apply ``request`` once per key, inside the handler's transaction (``ChargeRequest``'s rule).
 
     The key's row is locked (``FOR UPDATE``) so two transactions with one key cannot both apply
     it. A rejected request raises ``ChargeRejectedError``, which rolls the transaction back.
@@ -84,22 +84,10 @@ async def charge_in_transaction(
         " WHERE idempotency_key = $1 FOR UPDATE",
         request.idempotency_key,
     )
-    if seen is None:
-        outcome = ChargeOutcome.APPLIED
-    elif (seen[0], int(seen[1])) == (request.account, request.amount_cents):
-        outcome = ChargeOutcome.REPLAYED
-    else:
-        raise ChargeRejectedError(request)
-    row = (
-        request.idempotency_key,
-        request.event_id,
-        request.account,
-        request.amount_cents,
-        request.sequence,
-        request.fencing_token,
-        os.getpid(),
-        time.time(),
-    )
+    outcome = request.outcome(None if seen is None else (seen[0], seen[1]))
+    if outcome is ChargeOutcome.REJECTED:
+        raise ChargeRejectedError(request)  # rolls the transaction back: nothing is kept
+    row = request.row(pid=os.getpid(), at=time.time())
     request_id = await tx.fetchval(
         f"INSERT INTO {schema}.payments_requests (idempotency_key, event_id, account,"  # noqa: S608
         " amount_cents, sequence, fencing_token, worker_pid, requested_at, outcome)"
