@@ -5,8 +5,9 @@ before the last body message goes out, so a client that has the whole response a
 replayed (never a 409 for a request that has finished)::
 
     app sends ─▶ start ─▶ body ... ─▶ last body: settle ─▶ send it
-                                      2xx/4xx: complete (the response, for retention_seconds)
-                                      5xx, too large: release
+                                      2xx/4xx: complete (the response, for retention_seconds;
+                                               too large: its status and headers only)
+                                      5xx: release
     app raises, returns early, is cut ─▶ release (bounded; finishes even if we are cancelled)
     runs past a third of the lease ─▶ renew the lease every third, until settled
 """
@@ -112,33 +113,39 @@ class Execution:
             await self._release()
 
     def _kept(self) -> StoredResponse | None:
-        """The response to store, or None to release the key (5xx, or too large to keep)."""
+        """The response to store, or None to release the key (5xx: the request failed)."""
         if self._status >= 500:
             return None
         if self._size > self._settings.max_response_bytes:
             logger.error(
-                "idempotent response too large to keep; key released",
+                "idempotent response too large to keep; its status and headers are kept, the "
+                "body is not",
                 extra={"key": self._held.key, "bytes": self._size},
             )
-            return None
+            return StoredResponse.omitted(self._status, self._headers)
         return StoredResponse(self._status, self._headers, b"".join(self._chunks))
 
     async def _settle(self, response: StoredResponse | None) -> None:
         """Complete the claim with ``response``, or release it when there is none to keep."""
         held, settings = self._held, self._settings
+        if response is None:
+            await self._release()
+            return
         try:
-            if response is None:
-                await self._release()
-                return
             [kept] = await self._store.complete_many(
                 [Completion(held.key, held.token, response.encode())],
                 retention_seconds=settings.retention_seconds,
             )
         except ResultTooLargeError:
+            if response.body_omitted:  # the store keeps less than a status and its headers
+                logger.exception("idempotent response not storable; key released")
+                await self._release()
+                return
             logger.exception(
-                "idempotent response too large for the store; key released", extra={"key": held.key}
+                "idempotent response too large for the store; its status and headers are kept",
+                extra={"key": held.key},
             )
-            await self._release()
+            await self._settle(StoredResponse.omitted(response.status, response.headers))
             return
         except StoreUnavailableError:
             # The response goes out anyway; the claim expires with its lease and a retry after

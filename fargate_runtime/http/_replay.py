@@ -18,6 +18,17 @@ __all__ = ["StoredResponse"]
 
 _MAGIC = b"FRH1"
 _LENGTH_BYTES = 4
+_OMITTED_HEADER = b"idempotent-body-omitted"
+# Headers that describe the body: not kept when the body is not.
+_BODY_HEADERS = frozenset({b"content-length", b"content-type", b"content-encoding", b"etag"})
+_OMITTED_BODY = json.dumps(
+    {
+        "type": "about:blank",
+        "title": "Response body not kept",
+        "detail": "the first response to this Idempotency-Key was too large to keep; that "
+        "request was processed once and is not run again. Its status and headers are replayed.",
+    }
+).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +38,30 @@ class StoredResponse:
     status: int
     headers: list[tuple[bytes, bytes]]
     body: bytes
+
+    @classmethod
+    def omitted(cls, status: int, headers: list[tuple[bytes, bytes]]) -> StoredResponse:
+        """The status and headers of a response too large to keep, with a note for its body.
+
+        Releasing the key instead would let a retry run the request a second time: the
+        client could not tell it from the first, so it is charged twice.
+        """
+        kept = [(name, value) for name, value in headers if name.lower() not in _BODY_HEADERS]
+        return cls(
+            status,
+            [
+                *kept,
+                (b"content-type", b"application/problem+json"),
+                (b"content-length", str(len(_OMITTED_BODY)).encode()),
+                (_OMITTED_HEADER, b"true"),
+            ],
+            _OMITTED_BODY,
+        )
+
+    @property
+    def body_omitted(self) -> bool:
+        """True for a record made by ``omitted``."""
+        return any(name == _OMITTED_HEADER for name, _ in self.headers)
 
     def encode(self) -> bytes:
         """The bytes kept in the store."""

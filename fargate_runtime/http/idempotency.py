@@ -13,7 +13,9 @@ gets the first response again instead of running twice::
                store unreachable              503  Retry-After: 1 (fail closed: nothing ran)
                new key ─▶ the app runs
                           2xx, 4xx            stored before the last body byte is sent, kept
-                                              for ``retention_seconds`` (24 h by default)
+                                              for ``retention_seconds`` (24 h by default);
+                                              too large to keep: its status and headers, with
+                                              a note for the body (never a second run)
                           5xx, exception,     the key is released: a retry runs again
                           cut at shutdown
 

@@ -113,8 +113,9 @@ class HttpIdempotencySettings(BaseSettings):
     max_key_length: int = Field(default=255, ge=1, le=255)
     # The request body is buffered to fingerprint it; larger bodies are refused with 413.
     max_body_bytes: int = Field(default=1_048_576, ge=0)
-    # Larger responses are sent but not kept: the key is released (and the error logged). The
-    # store has its own limit on a record (256 KiB by default); going over it does the same.
+    # A larger response is sent whole once; only its status and headers are kept (a retry gets
+    # them with a note for the body, never a second run). The store has its own limit on a
+    # record (256 KiB by default); going over it does the same.
     max_response_bytes: int = Field(default=256 * 1024, ge=0)
     # Bound on releasing a claim when the request failed or was cut.
     release_timeout_seconds: float = Field(default=2.0, gt=0.0)

@@ -460,16 +460,21 @@ async def test_exception_releases_the_key_so_a_retry_runs_again(
     assert handlers.runs == {"boom": 2}
 
 
-async def test_response_too_large_to_keep_releases_the_key(
+async def test_response_too_large_to_keep_is_never_run_twice(
     client: httpx.AsyncClient, handlers: Handlers
 ) -> None:
-    """A response above max_response_bytes is delivered whole but not kept: a retry runs."""
+    """A response above max_response_bytes is delivered whole once; a retry gets its status and
+    headers with a note instead of its body, and the handler does not run again."""
     headers = key()
     first = await client.post("/big", headers=headers)
     again = await client.post("/big", headers=headers)
-    assert len(first.content) == len(again.content) == 4096
-    assert "idempotent-replayed" not in again.headers
-    assert handlers.runs == {"big": 2}
+    assert len(first.content) == 4096
+    assert again.status_code == first.status_code
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.headers["idempotent-body-omitted"] == "true"
+    assert again.headers["content-type"] == "application/problem+json"
+    assert "processed once" in again.json()["detail"]
+    assert handlers.runs == {"big": 1}
 
 
 # --- scoping ---------------------------------------------------------------------------------

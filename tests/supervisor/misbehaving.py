@@ -8,12 +8,17 @@ point; the tests find them by the marker, not by number.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from fargate_runtime import Lifecycle, Runtime, Supervisor
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 logger = logging.getLogger("tests.misbehaving")
 
@@ -66,9 +71,19 @@ async def _misbehave(lifecycle: Lifecycle) -> None:
 app = Supervisor()
 
 
+@contextlib.asynccontextmanager
+async def _sync_client() -> AsyncIterator[None]:
+    """A resource whose close blocks the loop (a sync client, an exporter's flush)."""
+    yield
+    logger.info("misbehaving", extra={"behaviour": MISBEHAVE})
+    time.sleep(SECONDS)  # noqa: ASYNC251 - the misbehaviour under test  # culprit: close-sleep
+
+
 @app.setup
 async def setup(rt: Runtime) -> None:
     """A setup that blocks, waits, or retries a dependency that is not there."""
+    if MISBEHAVE == "close-sleep":
+        await rt.enter(_sync_client(), name="sync-client")
     if MISBEHAVE == "setup-sleep":
         logger.info("misbehaving", extra={"behaviour": MISBEHAVE})
         time.sleep(SECONDS)  # noqa: ASYNC251 - the misbehaviour  # culprit: setup-sleep
@@ -91,7 +106,9 @@ async def setup(rt: Runtime) -> None:
 @app.service
 async def service(lifecycle: Lifecycle) -> None:
     """The misbehaving service, once setup is done."""
-    if MISBEHAVE.startswith("setup-"):
+    if MISBEHAVE.startswith("setup-") or MISBEHAVE == "close-sleep":
+        if MISBEHAVE == "close-sleep":
+            logger.info("service ready")
         await lifecycle.wait_shutdown_requested()
         return
     await _misbehave(lifecycle)

@@ -51,7 +51,8 @@ def names_culprit(lines: list[Line], name: str) -> bool:
 def interrupt(behaviour: str, **env: str) -> tuple[Child, int, float]:
     """Start the app, SIGTERM it while it misbehaves; return it, its exit code and how long."""
     child = Child(runtime_argv(APP), env={**BUDGET, "MISBEHAVE": behaviour, **env})
-    child.wait_for_message("misbehaving")
+    # A resource misbehaves only once the shutdown closes it: signal it when it is running.
+    child.wait_for_message("service ready" if behaviour == "close-sleep" else "misbehaving")
     sent = child.signal(signal.SIGTERM)
     code = child.wait(timeout=STOP_TIMEOUT + 10)
     return child, code, time.monotonic() - sent
@@ -61,9 +62,10 @@ def forced_lines(child: Child) -> list[Line]:
     return [line for line in child.lines if str(line.get("message", "")).startswith("forced")]
 
 
-@pytest.mark.parametrize("behaviour", ["sleep", "cpu", "swallow", "setup-sleep"])
+@pytest.mark.parametrize("behaviour", ["sleep", "cpu", "swallow", "setup-sleep", "close-sleep"])
 def test_stuck_work_is_ended_at_the_hard_deadline_with_exit_70(behaviour: str) -> None:
-    """A sync call, a CPU loop, swallowed cancellation or a blocking setup: exit 70 in time."""
+    """A sync call, a CPU loop, swallowed cancellation, a blocking setup or a resource whose close
+    blocks the loop: exit 70 in time, naming the line."""
     child, code, elapsed = interrupt(behaviour)
     with child:
         assert code == 70, child.output()
