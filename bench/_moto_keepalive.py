@@ -111,7 +111,7 @@ class KeepAliveMoto(MotoServer):
 def main(port: int) -> None:
     """Serve moto's apps (all services, as ``moto_server`` does) on 127.0.0.1:PORT."""
     import waitress
-    from moto.server import DomainDispatcherApplication, create_backend_app
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
     app = _Counting(DomainDispatcherApplication(create_backend_app))
     waitress.serve(

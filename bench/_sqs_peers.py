@@ -27,11 +27,11 @@ import asyncio
 import json
 import math
 import random
-import resource
 import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 __all__ = ["HeavyTail", "handler_seconds", "run"]
@@ -68,7 +68,7 @@ class HeavyTail:
         return {
             "seed": self.seed,
             "median_seconds": self.median_seconds,
-            "lognormal_sigma": self.sigma,
+            "sigma": self.sigma,
             "slow_share": self.slow_share,
             "slow_seconds": self.slow_seconds,
         }
@@ -91,14 +91,42 @@ def _emit(line: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+# When each handler call ended (perf_counter), for the steady-state rate.
+_ended: list[float] = []
+
+
+def _handled(seconds: float) -> None:
+    _ended.append(time.perf_counter())
+
+
+def _steady_rate() -> float | None:
+    """Messages per second between the 10th and the 90th percentile of handler ends: without
+    the start (first receives) and the end (the last slow message), which say nothing about a
+    consumer that keeps running."""
+    ended = sorted(_ended)
+    first, last = len(ended) // 10, len(ended) * 9 // 10
+    if last - first < 2 or ended[last] <= ended[first]:
+        return None
+    return (last - first) / (ended[last] - ended[first])
+
+
+def _peak_rss_mb() -> float:
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent across exec.
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def _finish(count: int, ready_cpu: float, ready_wall: float, started_cpu: float) -> None:
     _emit(
         {
             "handled": count,
             "cpu_seconds": time.process_time() - ready_cpu,
             "wall_seconds": time.perf_counter() - ready_wall,
+            "steady_messages_per_second": _steady_rate(),
             "start_cpu_seconds": ready_cpu - started_cpu,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_rss_mb": _peak_rss_mb(),
         }
     )
 
@@ -114,8 +142,14 @@ async def _runtime(spec: dict[str, Any], started_cpu: float) -> None:
     from fargate_runtime.idempotency import Idempotency, RedisStore
     from fargate_runtime.lifecycle import Lifecycle
     from fargate_runtime.settings import ShutdownBudget
-    from fargate_runtime.sqs import Consumer, Message, MessageContext, SqsSettings, json_field
-    from fargate_runtime.sqs import open_sqs_client
+    from fargate_runtime.sqs import (
+        Consumer,
+        Message,
+        MessageContext,
+        SqsSettings,
+        json_field,
+        open_sqs_client,
+    )
     from fargate_runtime.telemetry import Telemetry, TelemetrySettings
 
     count = int(spec["count"])
@@ -124,6 +158,7 @@ async def _runtime(spec: dict[str, Any], started_cpu: float) -> None:
         endpoint_url=spec["endpoint_url"],
         concurrency=int(spec["concurrency"]),
         abandon_receive_on_shutdown=True,
+        **spec.get("sqs_settings", {}),
     )
 
     async def handle(message: Message, context: MessageContext) -> None:
@@ -131,6 +166,7 @@ async def _runtime(spec: dict[str, Any], started_cpu: float) -> None:
         seconds = handler_seconds(spec, _sequence(message.body))
         if seconds > 0:
             await asyncio.sleep(seconds)
+        _handled(seconds)
 
     telemetry_mode = spec.get("telemetry", "off")
     telemetry = Telemetry(
@@ -195,6 +231,7 @@ async def _loop(spec: dict[str, Any], started_cpu: float, *, delete_each: bool) 
         seconds = handler_seconds(spec, _sequence(body))
         if seconds > 0:
             await asyncio.sleep(seconds)
+        _handled(seconds)
 
     handled = 0
     async with aioboto3.Session().client("sqs", endpoint_url=spec["endpoint_url"]) as client:
@@ -229,7 +266,7 @@ async def _loop(spec: dict[str, Any], started_cpu: float, *, delete_each: bool) 
 
 
 def _aws_sqs_consumer(spec: dict[str, Any], started_cpu: float) -> None:
-    import boto3
+    import boto3  # type: ignore[import-untyped]
     from aws_sqs_consumer import Consumer as PeerConsumer
 
     count = int(spec["count"])
@@ -242,6 +279,7 @@ def _aws_sqs_consumer(spec: dict[str, Any], started_cpu: float) -> None:
         seconds = handler_seconds(spec, _sequence(body))
         if seconds > 0:
             time.sleep(seconds)
+        _handled(seconds)
 
     class Batch(PeerConsumer):  # type: ignore[misc]
         def handle_message_batch(self, messages: list[Any]) -> None:
