@@ -136,6 +136,7 @@ def main() -> dict[str, object]:
     worker_runs: list[dict[str, float]] = []
     loop_runs: list[dict[str, float]] = []
     with answering_redis() as redis_url, MotoServer() as moto, tempfile.TemporaryDirectory() as d:
+        os.environ.update(sqs_environment(moto.endpoint_url))
         client: Any = botocore.session.get_session().create_client(
             "sqs", endpoint_url=moto.endpoint_url, region_name=moto.region
         )
