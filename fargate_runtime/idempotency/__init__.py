@@ -17,9 +17,14 @@ Results replay with their types (``JsonSerializer``, ``TypedSerializer``); one t
 stored completes the record without it (``ResultUnavailableError`` for duplicates), never a
 second run. Batch callers (the SQS consumer) call ``claim_many`` / ``complete_many`` on the
 store directly, one round trip for a whole receive batch, with one ``attempt_owner`` per call.
+
+``RedisStore`` is loaded on first use (with redis-py): a worker without Redis keys never
+imports redis-py.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from ..errors import (
     AlreadyInProgressError,
@@ -47,10 +52,12 @@ from .guard import Guard
 from .keys import MAX_KEY_LENGTH, fingerprint, scoped_key
 from .memory_store import ManualClock, MemoryStore
 from .owners import attempt_owner
-from .redis_store import RedisStore
 from .serialization import JsonSerializer, Serializer, TypedSerializer, encode_result
 from .service import Idempotency
 from .settings import FailurePolicy, IdempotencySettings, load_idempotency_settings
+
+if TYPE_CHECKING:
+    from .redis_store import RedisStore
 
 __all__ = [
     "MAX_KEY_LENGTH",
@@ -91,3 +98,12 @@ __all__ = [
     "redis_client",
     "scoped_key",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``RedisStore`` on first use: importing it imports redis-py."""
+    if name == "RedisStore":
+        from .redis_store import RedisStore
+
+        return RedisStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
