@@ -51,6 +51,7 @@ from aws_sqs_consumer import Consumer as PeerConsumer
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from bench._results import merge_results
 from fargate_runtime._watchdog import Watchdog
 from fargate_runtime.idempotency import Idempotency, RedisStore
 from fargate_runtime.lifecycle import Lifecycle
@@ -59,7 +60,6 @@ from fargate_runtime.settings import ShutdownBudget
 from fargate_runtime.sqs import Consumer, Message, MessageContext, SqsSettings, json_field
 from fargate_runtime.telemetry import Telemetry, TelemetrySettings
 
-RESULTS = Path(__file__).parent / "results" / "sqs.json"
 REPO = Path(__file__).resolve().parent.parent
 BUSY_MESSAGES = 300
 OVERHEAD_MESSAGES = 20_000
@@ -466,8 +466,7 @@ def main() -> dict[str, object]:
             "python": sys.version.split()[0],
         },
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    merge_results("sqs", results)  # sqs_throughput.py's figures live in the same file
     _print(results)
     return results
 

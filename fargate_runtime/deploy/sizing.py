@@ -1,5 +1,7 @@
 """Fargate task sizes: the valid CPU/memory pairs, their price, and the smallest size for a peak.
 
+The prices themselves live in ``prices`` (one place for every cost figure).
+
 The pairs are the ones ECS accepts for a Fargate task (Linux, platform 1.4.0+; the 8 and
 16 vCPU sizes need it). ``cpu`` is in CPU units (1024 = 1 vCPU), ``memory`` in MiB, as in a
 task definition.
@@ -11,7 +13,9 @@ import math
 import re
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
+
+from .prices import PRICES, PRICES_SOURCE, Architecture, Price
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -43,6 +47,9 @@ def _steps(first_gb: int, last_gb: int, step_gb: int) -> tuple[int, ...]:
     return tuple(gb * MIB_PER_GB for gb in range(first_gb, last_gb + 1, step_gb))
 
 
+ARCHITECTURES: tuple[Architecture, ...] = ("X86_64", "ARM64")
+
+
 # Source: AWS ECS developer guide, "Task CPU and memory" (Fargate).
 FARGATE_SIZES: Mapping[int, tuple[int, ...]] = MappingProxyType(
     {
@@ -53,29 +60,6 @@ FARGATE_SIZES: Mapping[int, tuple[int, ...]] = MappingProxyType(
         4096: _steps(8, 30, 1),
         8192: _steps(16, 60, 4),
         16384: _steps(32, 120, 8),
-    }
-)
-
-
-@dataclass(frozen=True, slots=True)
-class Price:
-    """On-demand price of one vCPU and one GB of memory for an hour, in US dollars."""
-
-    vcpu_hour: float
-    gb_hour: float
-
-
-# Spelled as in a task definition's runtimePlatform.cpuArchitecture.
-Architecture = Literal["X86_64", "ARM64"]
-ARCHITECTURES: tuple[Architecture, ...] = ("X86_64", "ARM64")
-
-# us-east-1, Linux, on demand. Secondary sources, read in 2026: check the AWS Fargate pricing
-# page before relying on them. Spot (x86_64 and ARM64) is up to 70% off and varies, so no figure.
-PRICES_SOURCE = "us-east-1 on-demand Linux prices, secondary sources, 2026"
-PRICES: Mapping[Architecture, Price] = MappingProxyType(
-    {
-        "X86_64": Price(vcpu_hour=0.04048, gb_hour=0.004445),
-        "ARM64": Price(vcpu_hour=0.03238, gb_hour=0.00356),
     }
 )
 

@@ -24,9 +24,14 @@ the handler's own transaction: exactly-once database effects, see ``postgres_tra
     async with idem.transaction("charges", event["id"], payload=event) as tx:
         if not tx.replayed:
             await tx.execute("INSERT INTO charges ...")
+
+``RedisStore`` is loaded on first use (with redis-py): a worker without Redis keys never
+imports redis-py. ``PostgresStore`` imports asyncpg only when it connects.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from ..errors import (
     AlreadyInProgressError,
@@ -57,10 +62,12 @@ from .owners import attempt_owner
 from .postgres_schema import schema_sql
 from .postgres_store import PostgresStore
 from .postgres_transaction import Transaction, TransactionalClaim
-from .redis_store import RedisStore
 from .serialization import JsonSerializer, Serializer, TypedSerializer, encode_result
 from .service import Idempotency
 from .settings import FailurePolicy, IdempotencySettings, StoreKind, load_idempotency_settings
+
+if TYPE_CHECKING:
+    from .redis_store import RedisStore
 
 __all__ = [
     "MAX_KEY_LENGTH",
@@ -106,3 +113,12 @@ __all__ = [
     "schema_sql",
     "scoped_key",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``RedisStore`` on first use: importing it imports redis-py."""
+    if name == "RedisStore":
+        from .redis_store import RedisStore
+
+        return RedisStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,20 +1,23 @@
-"""Building the Redis client and the store from settings: URL, TLS, AUTH, timeouts, retries."""
+"""Building the Redis client and the store from settings: URL, TLS, AUTH, timeouts, retries.
+
+redis-py is imported when a Redis client is built, not with this module: a worker without
+idempotency keys (or on the in-memory store) never loads it, nor what it loads in turn
+(redis-py 7+ imports the OpenTelemetry SDK's metrics module whenever that is installed).
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
-
 from .memory_store import MemoryStore
 from .postgres_store import PostgresStore
-from .redis_store import RedisStore
 from .settings import StoreKind
 
 if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.asyncio.cluster import RedisCluster
+
+    from .redis_store import RedisStore
     from .settings import IdempotencySettings
 
 __all__ = ["open_store", "redis_client"]
@@ -39,6 +42,11 @@ def redis_client(
     ``call_timeout_seconds``): on Python 3.11 redis-py's write timeout wraps every command in
     an extra task, about 10 % of a batch.
     """
+    from redis.asyncio import BlockingConnectionPool, Redis
+    from redis.asyncio.cluster import RedisCluster
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialWithJitterBackoff
+
     url = settings.redis_url.get_secret_value()
     options: dict[str, Any] = {
         "socket_timeout": settings.socket_timeout_seconds if socket_timeout else None,
@@ -77,6 +85,8 @@ def open_store(settings: IdempotencySettings) -> RedisStore | MemoryStore | Post
         return PostgresStore.from_settings(settings)
     if settings.in_memory:
         return MemoryStore(max_result_bytes=settings.max_result_bytes)
+    from .redis_store import RedisStore
+
     return RedisStore(
         redis_client(settings, socket_timeout=False),
         max_result_bytes=settings.max_result_bytes,
