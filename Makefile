@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast check bench dist format clean redis-server chromium
+.PHONY: demo test test-fast check bench dist format clean redis-server postgres-server chromium
 
 $(STAMP): pyproject.toml constraints.txt
 	@echo "Installing fargate-runtime and its test, lint and bench tools into $(VENV) (pinned by constraints.txt): about 1-2 minutes the first time; log in $(VENV)/install.log"
@@ -25,6 +25,14 @@ redis-server:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
 	}
 
+# The same for PostgreSQL (the postgres idempotency store): a private server from initdb when
+# none lets the tests in at POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/postgres).
+postgres-server:
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		echo "initdb not found: installing Debian's postgresql"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	}
+
 # The drill picture's check renders it in a real headless browser.
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { \
@@ -32,11 +40,11 @@ chromium:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	}
 
-test: $(STAMP) redis-server chromium
+test: $(STAMP) redis-server postgres-server chromium
 	$(BIN)/python -m pytest
 
 # Locally, without the slow fault scenarios and checks (CI runs them: make test).
-test-fast: $(STAMP) redis-server
+test-fast: $(STAMP) redis-server postgres-server
 	$(BIN)/python -m pytest -m "not slow"
 
 check: $(STAMP)
@@ -48,7 +56,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: $(STAMP) redis-server
+bench: $(STAMP) redis-server postgres-server
 	$(BIN)/python -m bench
 
 # The wheel and the sdist in dist/, for `pip install dist/fargate_runtime-*.whl` elsewhere.

@@ -14,7 +14,9 @@ write (a pipeline would count once); server work comes from ``INFO commandstats`
 a script counts as itself plus the commands it runs. Time per message is the median of
 ``ROUNDS`` rounds; the speedup is the median of per-round ratios (ours and Powertools' run back
 to back in every round). Powertools runs without payload validation, see ``_powertools``.
-Writes ``bench/results/idempotency.json``.
+Writes ``bench/results/idempotency.json``. The PostgreSQL store's figures (``postgres``: the
+same forms, and the transactional form against a handler's own commit) come from
+``bench._postgres``, on the machine's PostgreSQL.
 
 The targets (DESIGN.md section 4): <= 0.25 round trips per message at batch size 10, and >= 5x
 less time per message than Powertools **behind a 0.25 ms-each-way hop** (``_latency_proxy``;
@@ -53,11 +55,14 @@ from fargate_runtime.idempotency import (
     Idempotency,
     IdempotencySettings,
     RedisStore,
+    StoreBase,
     attempt_owner,
     fingerprint,
     open_store,
 )
 from fargate_runtime.local import RedisServer, free_port
+
+from ._postgres import measure_postgres
 
 RESULTS = Path(__file__).parent / "results" / "idempotency.json"
 MESSAGES = 500
@@ -136,7 +141,7 @@ def _summary(rounds: list[_Measure]) -> dict[str, Any]:
 # --- fargate-runtime -------------------------------------------------------------------------
 
 
-def _ours(store: RedisStore, idem: Idempotency) -> dict[str, Form]:
+def _ours(store: StoreBase, idem: Idempotency) -> dict[str, Form]:
     async def single(events: list[dict[str, Any]]) -> None:
         for event in events:
             async with idem.guard("payments", event["id"], payload=event) as claim:
@@ -397,14 +402,55 @@ def main() -> dict[str, object]:
         with RedisServer() as server:
             result = _run(server.url)
             result["behind_network_latency"] = _run_behind_latency(server.url)
+    postgres = _postgres_beside(cast("dict[str, Any]", result["variants"]))
+    result["postgres"] = postgres
     behind = cast("dict[str, Any]", result["behind_network_latency"])
     result["targets"] = _targets(result, behind)
     _print(result)
+    _print_postgres(postgres)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     tmp = RESULTS.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     tmp.replace(RESULTS)
     return result
+
+
+POSTGRES_ROUNDS = 5
+
+
+def _postgres_beside(redis_variants: dict[str, Any]) -> dict[str, Any]:
+    """The PostgreSQL store on the same events (see ``bench._postgres``), with its ratios to the
+    Redis store and to Powertools (medians of separate runs: not interleaved round by round)."""
+    figures = measure_postgres(messages=MESSAGES, rounds=POSTGRES_ROUNDS, event=_event, forms=_ours)
+    ratios: dict[str, float] = {}
+    for form in ("single", "batch10"):
+        for kind in ("new", "repeat"):
+            ours = figures["variants"][f"postgres_{form}_{kind}"]["us_per_message"]
+            ratios[f"powertools_over_postgres_{form}_{kind}"] = round(
+                redis_variants[f"powertools_{form}_{kind}"]["us_per_message"] / ours, 2
+            )
+            ratios[f"postgres_over_redis_{form}_{kind}"] = round(
+                ours / redis_variants[f"fargate_runtime_{form}_{kind}"]["us_per_message"], 2
+            )
+    figures["ratios"] = ratios
+    return figures
+
+
+def _print_postgres(figures: dict[str, Any]) -> None:
+    print(f"PostgreSQL {figures['server_version']} (same events):")
+    for name, row in figures["variants"].items():
+        print(
+            f"{name:38} {row['round_trips_per_message']:>8.3f} round trips/msg "
+            f"{row['us_per_message']:>9.1f} us/msg"
+        )
+    targets = figures["targets"]
+    print(
+        f"transactional form: +{figures['transactional_extra_round_trips_per_message']} round "
+        f"trips per message over a handler's own commit (target <= "
+        f"{targets['transactional_extra_round_trips_max']:g}); batch of 10 <= "
+        f"{targets['batch_round_trips_per_message_max']}: {'met' if targets['met'] else 'NOT met'}"
+    )
+    print("ratios: " + ", ".join(f"{k} {v:g}x" for k, v in figures["ratios"].items()))
 
 
 # One way, in milliseconds: a same-AZ client of ElastiCache sees a few hundred microseconds of

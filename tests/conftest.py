@@ -1,8 +1,12 @@
-"""Shared fixtures: a real Redis server and a real SQS endpoint (moto's server mode) over HTTP.
+"""Shared fixtures: real Redis and PostgreSQL servers and a real SQS endpoint (moto) over HTTP.
 
 Redis: the one at ``REDIS_URL`` (default ``redis://127.0.0.1:6379``) when it answers, otherwise a
 private ``redis-server`` on a free port. Each test gets its own key prefix and its keys are
 deleted afterwards, so a shared Redis is left as it was found.
+
+PostgreSQL: the one at ``POSTGRES_URL`` (default ``postgresql://postgres@127.0.0.1:5432/postgres``)
+when it answers, otherwise a private server (``initdb`` into a temporary directory). Tests that
+use it create a schema of their own and drop it afterwards.
 """
 
 from __future__ import annotations
@@ -16,7 +20,15 @@ import aioboto3
 import pytest
 import redis.asyncio
 
-from fargate_runtime.local import MotoServer, RedisServer, answering_redis, sqs_environment
+from fargate_runtime.idempotency import PostgresStore
+from fargate_runtime.local import (
+    MotoServer,
+    RedisServer,
+    answering_postgres,
+    answering_redis,
+    sqs_environment,
+)
+from tests.idempotency.postgres import PostgresSchema
 from tests.logcapture import JsonLines
 
 if TYPE_CHECKING:
@@ -32,6 +44,28 @@ def redis_url() -> Iterator[str]:
     """URL of a Redis server that answers, started privately when none does."""
     with answering_redis() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """URL of a PostgreSQL server that answers, started privately when none does."""
+    with answering_postgres() as url:
+        yield url
+
+
+@pytest.fixture
+async def postgres_schema(postgres_url: str) -> AsyncIterator[PostgresSchema]:
+    """A schema of this test's own with the store's tables and functions, dropped afterwards."""
+    async with PostgresSchema.created(postgres_url) as schema:
+        yield schema
+
+
+@pytest.fixture
+async def postgres_store(postgres_schema: PostgresSchema) -> AsyncIterator[PostgresStore]:
+    """An open PostgresStore on the test's own schema (cleanup task off: tests call it)."""
+    store = PostgresStore(postgres_schema.url, schema=postgres_schema.name, cleanup=False)
+    async with store:
+        yield store
 
 
 @pytest.fixture

@@ -29,6 +29,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "check-taskdef": ("fargate_runtime.cli.check_taskdef", "lint ECS task definitions"),
     "size": ("fargate_runtime.cli.size", "the smallest Fargate size for a measured peak"),
+    "postgres-schema": (
+        "fargate_runtime.cli.postgres_schema",
+        "print, apply or check the PostgreSQL idempotency store's schema",
+    ),
     "drill": (
         "fargate_runtime.drill.cli",
         "interrupt real workers like Fargate Spot; report anything lost or charged twice",

@@ -1,8 +1,9 @@
 """``fargate-runtime drill``: interrupt real workers the way Fargate Spot does; count the damage.
 
 Exit codes: 0 the drill passed; 1 it ran and found a problem (the report says which); 2 it could
-not run (bad flags, a named Redis or SQS endpoint that does not answer, a worker that does not
-start).
+not run (bad flags, a named Redis, PostgreSQL or SQS endpoint that does not answer, a worker
+that does not start). ``--store postgres,redis`` runs one schedule on each store, side by side
+(``compare``); the worst verdict is the exit code.
 
 Adding a flag: one ``add(...)`` in ``configure_parser`` (numbers through ``bounded_float`` /
 ``bounded_int``, so ``inf`` and ``nan`` are refused), its field in ``DrillConfig`` (``plan``),
@@ -20,14 +21,21 @@ import shutil
 import sys
 import tempfile
 import textwrap
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..cli._numbers import bounded_float, bounded_int, parse_float
+from .compare import parse_stores, render_comparison, write_comparison
 from .components import ComponentsError, redacted
 from .plan import DEFAULT_WORKER, DrillConfig, expected_interruptions
+from .postgres import postgres_url_named
 from .progress import Progress
 from .runner import DrillError, DrillOptions, run_drill
 from .table import render_table
+
+if TYPE_CHECKING:
+    from .report import DrillReport
 
 __all__ = ["configure_parser", "run_command"]
 
@@ -63,12 +71,15 @@ exit codes:
   0  passed: lost 0, double charges 0, overruns 0, no crash, and every duplicate
      charge attempt explained by a hard kill or a Redis restart
   1  failed: the report lists each failure and its cause
-  2  could not run (bad flags, a named Redis or SQS endpoint that does not
-     answer, a worker that does not start)
+  2  could not run (bad flags, a named Redis, PostgreSQL or SQS endpoint that does
+     not answer, a worker that does not start)
 
 components: --sqs-endpoint and --redis-url (default $REDIS_URL) must answer; named
   nowhere, the drill starts moto's server and uses 127.0.0.1:6379 or, when nothing
   answers there, a private redis-server. --restart-redis always uses a private one.
+  --store postgres uses --postgres-url (default $POSTGRES_URL) the same way, else
+  127.0.0.1:5432, else a private server; its default worker then charges inside
+  the handler's transaction (PAYMENTS_LEDGER=postgres).
 
 drilling your own worker:
   --worker mypkg.app:app runs it under `fargate-runtime run` with the drill's SQS
@@ -224,6 +235,22 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="Redis to use; it must answer (default: $REDIS_URL; neither: 127.0.0.1:6379, "
         "else a private redis-server)",
     )
+    add(
+        "--store",
+        type=parse_stores,
+        default=("redis",),
+        metavar="STORE[,STORE]",
+        help="where the workers keep idempotency records: redis (default) or postgres (charges "
+        "commit in the handler's transaction); 'postgres,redis' runs the same schedule on each "
+        "and shows them side by side",
+    )
+    add(
+        "--postgres-url",
+        default=None,
+        metavar="URL",
+        help="PostgreSQL for --store postgres; it must answer (default: $POSTGRES_URL; neither: "
+        "127.0.0.1:5432, else a private server); each run gets a schema of its own",
+    )
     add("--json", type=Path, default=None, metavar="PATH", help="write the figures as JSON")
     add("--html", type=Path, default=None, metavar="PATH", help="write the timeline picture")
     add(
@@ -250,6 +277,7 @@ def config_from_args(args: argparse.Namespace, *, run_id: str) -> DrillConfig:
         hard_kill_share=args.hard_kill_share,
         misbehave_share=args.misbehave_share,
         restart_redis=args.restart_redis,
+        store=args.store[0],
         stop_timeout_seconds=args.stop_timeout,
         worker=args.worker,
         seed=seed,
@@ -260,6 +288,22 @@ def config_from_args(args: argparse.Namespace, *, run_id: str) -> DrillConfig:
         max_receive_count=args.max_receive_count,
         timeout_seconds=args.timeout,
         run_id=run_id,
+    )
+
+
+def options_from_args(
+    args: argparse.Namespace, *, work_dir: Path, keep_work_dir: bool
+) -> DrillOptions:
+    """Where the drill runs (not what it does), from parsed flags."""
+    return DrillOptions(
+        work_dir=work_dir,
+        sqs_endpoint_url=args.sqs_endpoint,
+        redis_url=_redis_url(args),
+        postgres_url=postgres_url_named(args.postgres_url),
+        worker_environment=dict(args.worker_env),
+        app_dir=args.app_dir,
+        progress=Progress(enabled=not args.quiet),
+        keep_work_dir=keep_work_dir,
     )
 
 
@@ -275,56 +319,72 @@ def _say(text: str) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """Run the drill, print the report, write ``--json``/``--html``; return the exit code."""
+    """Run the drill once per ``--store`` (one seed: one schedule), print the reports, write
+    ``--json``/``--html``; return the worst exit code."""
     if args.restart_redis and args.redis_url is not None:
         _say(
             "fargate-runtime drill: --restart-redis restarts a private redis-server the drill "
             f"starts itself, not the one at {redacted(args.redis_url)}: drop one of the two flags"
         )
         return _CANNOT_RUN
-    run_id = secrets.token_hex(3)
-    config = config_from_args(args, run_id=run_id)
-    problems = config.problems()
+    first = config_from_args(args, run_id=secrets.token_hex(3))
+    configs = [first] + [
+        replace(first, store=store, run_id=secrets.token_hex(3)) for store in args.store[1:]
+    ]
+    problems = dict.fromkeys(problem for config in configs for problem in config.problems())
     if problems:
         _say(f"fargate-runtime drill: {'; '.join(problems)}")
         return _CANNOT_RUN
+    reports: dict[str, DrillReport] = {}
+    for config in configs:
+        code, report = _run_one(args, config, several=len(configs) > 1)
+        if report is None:
+            return code
+        reports[config.store] = report
+    if len(reports) > 1:
+        print(render_comparison(reports), end="")  # noqa: T201 - the report is the output
+        if args.json is not None:
+            write_comparison(args.json, reports)
+    elif args.json is not None:
+        reports[first.store].write_json(args.json)
+    return max(report.exit_code for report in reports.values())
+
+
+def _run_one(
+    args: argparse.Namespace, config: DrillConfig, *, several: bool
+) -> tuple[int, DrillReport | None]:
+    """One drill: (exit code, report), or (exit code, None) when it could not run."""
     ours = args.work_dir is None  # a temporary directory: removed unless it explains a failure
-    work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix=f"fargate-runtime-drill-{run_id}-"))
+    if ours:
+        work_dir = Path(tempfile.mkdtemp(prefix=f"fargate-runtime-drill-{config.run_id}-"))
+    else:
+        work_dir = args.work_dir / config.store if several else args.work_dir
     work_dir.mkdir(parents=True, exist_ok=True)
-    options = DrillOptions(
-        work_dir=work_dir,
-        sqs_endpoint_url=args.sqs_endpoint,
-        redis_url=_redis_url(args),
-        worker_environment=dict(args.worker_env),
-        app_dir=args.app_dir,
-        progress=Progress(enabled=not args.quiet),
-        keep_work_dir=not ours,
-    )
+    options = options_from_args(args, work_dir=work_dir, keep_work_dir=not ours)
     try:
         run = asyncio.run(run_drill(config, options))
     except KeyboardInterrupt:
         # asyncio.run cancelled the drill: its workers were killed and its servers stopped.
         _say(f"fargate-runtime drill: interrupted{_logs(work_dir, ours=ours, keep=True)}")
-        return _INTERRUPTED
+        return _INTERRUPTED, None
     except (DrillError, ComponentsError) as exc:
         _say(f"fargate-runtime drill: cannot run: {exc}{_logs(work_dir, ours=ours, keep=True)}")
-        return _CANNOT_RUN
+        return _CANNOT_RUN, None
     report = run.report
     title = (
-        f" - seed {config.seed}, {config.workers} workers, {config.events} events, "
-        f"stop timeout {config.stop_timeout_seconds:g} s"
+        f" - {config.store} store, seed {config.seed}, {config.workers} workers, "
+        f"{config.events} events, stop timeout {config.stop_timeout_seconds:g} s"
     )
     print(render_table(report, title=title), end="")  # noqa: T201 - the report is the output
-    if args.json is not None:
-        report.write_json(args.json)
     if args.html is not None:
         from .picture import write_picture  # only when asked: string building only
 
-        write_picture(args.html, run.observations, report, title=title.lstrip(" -"))
+        html = args.html.with_stem(f"{args.html.stem}-{config.store}") if several else args.html
+        write_picture(html, run.observations, report, title=title.lstrip(" -"))
     logs = _logs(work_dir, ours=ours, keep=report.exit_code != 0)
     if logs:
         print(logs.strip(" ()"))  # noqa: T201 - the report is the output
-    return report.exit_code
+    return report.exit_code, report
 
 
 def _logs(work_dir: Path, *, ours: bool, keep: bool) -> str:

@@ -1,4 +1,4 @@
-"""The drill's infrastructure: an SQS endpoint, a Redis, and a fresh queue with its DLQ per run.
+"""The drill's infrastructure: an SQS endpoint, a store, and a fresh queue with its DLQ per run.
 
 Nothing is substituted silently: a component that was named must answer, or the drill cannot
 run (``ComponentsError``, exit 2).
@@ -8,8 +8,9 @@ on a free loopback port, started and stopped here. Redis: the URL named (``--red
 ``REDIS_URL``), which must answer PING; named nowhere, ``redis://127.0.0.1:6379`` when it
 answers, else a private ``redis-server`` on a free port (``redis_origin`` says which).
 ``--restart-redis`` needs a private one (the drill never restarts a Redis it does not own), so
-it cannot be combined with a named URL. Queues are named after the run and deleted at the end
-when the endpoint is not ours to throw away.
+it cannot be combined with a named URL. With ``--store postgres`` the store is a PostgreSQL
+instead, chosen by the same rules (``postgres``), and no Redis is needed. Queues are named after
+the run and deleted at the end when the endpoint is not ours to throw away.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from types_aiobotocore_sqs import SQSClient
+
+    from .postgres import DrillPostgres
 
 __all__ = ["Components", "ComponentsError", "DeadLetter", "QueueDepth", "RedisOrigin", "redacted"]
 
@@ -140,6 +143,8 @@ class Components:
     redis_origin: RedisOrigin = RedisOrigin.NONE
     moto: MotoServer | None = None
     redis: RedisServer | None = None
+    # The run's PostgreSQL (``--store postgres``), in place of Redis; started on entry.
+    postgres: DrillPostgres | None = None
     _client: SQSClient | None = None
     _client_context: Any = None
     _dead_letters: dict[str, DeadLetter] = field(default_factory=dict)
@@ -158,20 +163,25 @@ class Components:
 
     def worker_environment(self) -> dict[str, str]:
         """What a worker needs to reach these components."""
-        if self.sqs_endpoint_url is None or self.redis_url is None:
+        if self.sqs_endpoint_url is None or (self.redis_url is None and self.postgres is None):
             raise RuntimeError("components are not started")
-        return {
+        env = {
             **sqs_environment(self.sqs_endpoint_url, _REGION),
             "FARGATE_RUNTIME_SQS_QUEUE_URL": self.queue_url,
             "FARGATE_RUNTIME_SQS_ENDPOINT_URL": self.sqs_endpoint_url,
             "FARGATE_RUNTIME_SQS_REGION": _REGION,
-            "REDIS_URL": self.redis_url,
-            "FARGATE_RUNTIME_IDEMPOTENCY_REDIS_URL": self.redis_url,
         }
+        if self.postgres is not None:
+            env.update(self.postgres.worker_environment())
+        elif self.redis_url is not None:
+            env["REDIS_URL"] = env["FARGATE_RUNTIME_IDEMPOTENCY_REDIS_URL"] = self.redis_url
+        return env
 
     async def __aenter__(self) -> Components:
         try:
             await asyncio.to_thread(self._start_servers)
+            if self.postgres is not None:
+                await self.postgres.create_schema()
             await self._open_client()
             await self._create_queues()
         except BaseException:
@@ -194,7 +204,10 @@ class Components:
                 f"no SQS endpoint answers at {self.sqs_endpoint_url} (--sqs-endpoint): start it, "
                 "or leave the flag out and the drill starts moto's server"
             )
-        self._choose_redis()
+        if self.postgres is not None:
+            self.postgres.choose()
+        else:
+            self._choose_redis()
         if self.sqs_endpoint_url is None:
             self.moto = MotoServer()
             try:
@@ -368,6 +381,8 @@ class Components:
             with contextlib.suppress(Exception):
                 await self._client_context.__aexit__(None, None, None)
             self._client = None
+        if self.postgres is not None:
+            await self.postgres.aclose()
         servers: list[MotoServer | RedisServer] = [s for s in (self.redis, self.moto) if s]
         for server in servers:
             await asyncio.to_thread(server.close)

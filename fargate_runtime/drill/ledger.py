@@ -136,6 +136,29 @@ class ChargeRequest:
     sequence: int | None = None
     fencing_token: int | None = None
 
+    def outcome(self, charged: tuple[str, int] | None) -> ChargeOutcome:
+        """The provider's rule, given the (account, amount) its key was charged with, if any."""
+        if charged is None:
+            return ChargeOutcome.APPLIED
+        if (charged[0], int(charged[1])) == (self.account, self.amount_cents):
+            return ChargeOutcome.REPLAYED
+        return ChargeOutcome.REJECTED
+
+    def row(
+        self, *, pid: int, at: float
+    ) -> tuple[str, str, str, int, int | None, int | None, int, float]:
+        """What a ledger keeps of it, in the column order of ``requests`` and ``charges``."""
+        return (
+            self.idempotency_key,
+            self.event_id,
+            self.account,
+            self.amount_cents,
+            self.sequence,
+            self.fencing_token,
+            pid,
+            at,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class LedgerTotals:
@@ -274,22 +297,8 @@ class Ledger:
                     "SELECT account, amount_cents FROM charges WHERE idempotency_key = ?",
                     (request.idempotency_key,),
                 ).fetchone()
-                if seen is None:
-                    outcome = ChargeOutcome.APPLIED
-                elif (seen[0], int(seen[1])) == (request.account, request.amount_cents):
-                    outcome = ChargeOutcome.REPLAYED
-                else:
-                    outcome = ChargeOutcome.REJECTED
-                row = (
-                    request.idempotency_key,
-                    request.event_id,
-                    request.account,
-                    request.amount_cents,
-                    request.sequence,
-                    request.fencing_token,
-                    self.pid,
-                    self._clock(),
-                )
+                outcome = request.outcome(seen)
+                row = request.row(pid=self.pid, at=self._clock())
                 cursor = connection.execute(
                     "INSERT INTO requests (idempotency_key, event_id, account, amount_cents,"
                     " sequence, fencing_token, worker_pid, requested_at, outcome)"

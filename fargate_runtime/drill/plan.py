@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "DEFAULT_WORKER",
+    "STORES",
     "DrillConfig",
     "Interruption",
     "Plan",
@@ -27,6 +28,8 @@ __all__ = [
 ]
 
 DEFAULT_WORKER = "fargate_runtime.drill.worker:app"
+# Where the workers keep idempotency records (``--store``).
+STORES = ("redis", "postgres")
 _ACCOUNTS = 25
 
 
@@ -49,6 +52,9 @@ class DrillConfig:
     # cancellation, or charges from a thread) for longer than the stop timeout.
     misbehave_share: float = 0.0
     restart_redis: bool = False
+    # "postgres": the workers keep their records in PostgreSQL and charge inside the handler's
+    # transaction (the default worker's PAYMENTS_LEDGER=postgres), in the run's own schema.
+    store: str = "redis"
     stop_timeout_seconds: float = 10.0
     worker: str = DEFAULT_WORKER
     seed: int = 1
@@ -90,6 +96,13 @@ class DrillConfig:
             found.append("--max-receive-count must be between 1 and 1000 (SQS redrive limit)")
         if self.timeout_seconds <= 0:
             found.append("--timeout must be positive")
+        if self.store not in STORES:
+            found.append(f"--store must be one of {', '.join(STORES)} (got {self.store!r})")
+        if self.store != "redis" and (self.restart_redis or self.misbehave_share > 0):
+            flag = "--restart-redis" if self.restart_redis else "--misbehave-share"
+            found.append(
+                f"{flag} is drilled on the redis store only: drop it with --store postgres"
+            )
         if ":" not in self.worker:
             found.append(f"--worker must look like MODULE:ATTR (got {self.worker!r})")
         return found

@@ -21,11 +21,12 @@ from typing import TYPE_CHECKING
 
 from ..errors import ConfigurationError
 from ..settings import RuntimeSettings, load_settings
-from .accounting import charged_event_count, read_ledger
+from .accounting import LedgerSnapshot, charged_event_count, read_ledger
 from .components import Components, DeadLetter, QueueDepth
 from .interrupter import IncidentKind, Interrupter
 from .ledger import LEDGER_PATH_ENV, create_ledger
 from .plan import build_plan
+from .postgres import DrillPostgres
 from .producer import Producer
 from .progress import Progress, ProgressState
 from .report import Observations, build_report
@@ -67,6 +68,8 @@ class DrillOptions:
     redis_url: str | None = None
     worker_environment: dict[str, str] = field(default_factory=dict)
     app_dir: str = "."
+    # The PostgreSQL named for ``store="postgres"`` runs (it must answer); None: find one.
+    postgres_url: str | None = None
     keep_work_dir: bool = False  # announce the work dir at start only when it will be kept
     progress: Progress = field(default_factory=lambda: Progress(enabled=False))
 
@@ -108,6 +111,10 @@ def _worker_environment(
             "PAYMENTS_LEDGER_PATH": str(ledger),  # the payment workers' own setting
         }
     )
+    if components.postgres is not None:
+        # The drill's worker charges inside the handler's transaction, in the run's schema.
+        env["PAYMENTS_LEDGER"] = "postgres"
+        env["PAYMENTS_POSTGRES_SCHEMA"] = components.postgres.schema
     if config.misbehave_share > 0:
         env.update(
             {
@@ -151,19 +158,39 @@ class _Drill:
         self.dead: list[DeadLetter] = []
         self.dead_count = 0
         self.crash_restarts = 0
+        self.postgres: DrillPostgres | None = None
+
+    async def _ledger(self) -> LedgerSnapshot:
+        if self.postgres is not None:
+            return await self.postgres.snapshot(self.ledger_path)
+        return await asyncio.to_thread(read_ledger, self.ledger_path)
+
+    async def _charged(self) -> int:
+        if self.postgres is not None:
+            return await self.postgres.charged_events()
+        charged, _ = await asyncio.to_thread(charged_event_count, self.ledger_path)
+        return charged
 
     async def run(self) -> DrillRun:
         config, progress = self.config, self.options.progress
+        if config.store == "postgres":
+            self.postgres = DrillPostgres(run_id=config.run_id, url=self.options.postgres_url)
         async with Components(
             run_id=config.run_id,
             max_receive_count=config.max_receive_count,
             sqs_endpoint_url=self.options.sqs_endpoint_url,
             redis_url=self.options.redis_url,
             private_redis=config.restart_redis,
+            postgres=self.postgres,
         ) as components:
+            store = (
+                f"PostgreSQL {self.postgres.describe()}"
+                if self.postgres is not None
+                else f"Redis {components.describe_redis()}"
+            )
             kept = f", logs in {self.options.work_dir}" if self.options.keep_work_dir else ""
             progress.say(
-                f"drill: SQS {components.sqs_endpoint_url}, Redis {components.describe_redis()}, "
+                f"drill: SQS {components.sqs_endpoint_url}, {store}, "
                 f"queue {components.queue_url.rsplit('/', 1)[-1]}{kept}"
             )
             create_ledger(self.ledger_path)
@@ -221,7 +248,7 @@ class _Drill:
         observations = Observations(
             plan=self.plan,
             sent=producer.sent,
-            ledger=await asyncio.to_thread(read_ledger, self.ledger_path),
+            ledger=await self._ledger(),
             dead_letters=tuple(self.dead),
             workers=tuple(w.summary() for w in fleet.workers),
             incidents=tuple(interrupter.incidents),
@@ -256,7 +283,7 @@ class _Drill:
                     raise DrillError(f"{task.get_name()} failed: {task.exception()!r}")
             await self._replace_crashed(fleet)
             self.depth = await components.depth()
-            self.charged, _ = await asyncio.to_thread(charged_event_count, self.ledger_path)
+            self.charged = await self._charged()
             self.dead_count = await components.dead_letter_count()
             self._show(producer, fleet, interrupter)
             if not sending.done() or self.depth.total:
@@ -267,7 +294,7 @@ class _Drill:
                 return False
             # Uncharged events may be in the DLQ; read it only now (it is slow-ish).
             self.dead = await components.dead_letters()
-            done = (await asyncio.to_thread(read_ledger, self.ledger_path)).charged_events()
+            done = (await self._ledger()).charged_events()
             done |= {d.event_id for d in self.dead if d.event_id is not None}
             # Twice empty in a row: nothing is in flight any more, whatever is missing is lost.
             if unique <= done or empty_ticks >= 2:

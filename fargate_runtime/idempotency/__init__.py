@@ -18,8 +18,15 @@ stored completes the record without it (``ResultUnavailableError`` for duplicate
 second run. Batch callers (the SQS consumer) call ``claim_many`` / ``complete_many`` on the
 store directly, one round trip for a whole receive batch, with one ``attempt_owner`` per call.
 
+With ``PostgresStore`` (``FARGATE_RUNTIME_IDEMPOTENCY_STORE=postgres``) the record can commit in
+the handler's own transaction: exactly-once database effects, see ``postgres_transaction``::
+
+    async with idem.transaction("charges", event["id"], payload=event) as tx:
+        if not tx.replayed:
+            await tx.execute("INSERT INTO charges ...")
+
 ``RedisStore`` is loaded on first use (with redis-py): a worker without Redis keys never
-imports redis-py.
+imports redis-py. ``PostgresStore`` imports asyncpg only when it connects.
 """
 
 from __future__ import annotations
@@ -52,9 +59,12 @@ from .guard import Guard
 from .keys import MAX_KEY_LENGTH, fingerprint, scoped_key
 from .memory_store import ManualClock, MemoryStore
 from .owners import attempt_owner
+from .postgres_schema import schema_sql
+from .postgres_store import PostgresStore
+from .postgres_transaction import Transaction, TransactionalClaim
 from .serialization import JsonSerializer, Serializer, TypedSerializer, encode_result
 from .service import Idempotency
-from .settings import FailurePolicy, IdempotencySettings, load_idempotency_settings
+from .settings import FailurePolicy, IdempotencySettings, StoreKind, load_idempotency_settings
 
 if TYPE_CHECKING:
     from .redis_store import RedisStore
@@ -81,13 +91,17 @@ __all__ = [
     "ManualClock",
     "MemoryStore",
     "PayloadMismatchError",
+    "PostgresStore",
     "RecordState",
     "RedisStore",
     "ResultTooLargeError",
     "ResultUnavailableError",
     "Serializer",
     "StoreBase",
+    "StoreKind",
     "StoreUnavailableError",
+    "Transaction",
+    "TransactionalClaim",
     "TypedSerializer",
     "attempt_owner",
     "current_claim",
@@ -96,6 +110,7 @@ __all__ = [
     "load_idempotency_settings",
     "open_store",
     "redis_client",
+    "schema_sql",
     "scoped_key",
 ]
 

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
     from ..errors import ResultUnavailableError
 
-__all__ = ["Claim", "GuardStats", "bind_claim", "current_claim"]
+__all__ = ["Claim", "GuardStats", "ReplayableResult", "bind_claim", "current_claim"]
 
 _current: contextvars.ContextVar[Claim] = contextvars.ContextVar("fargate_runtime_claim")
 
@@ -33,33 +33,24 @@ class GuardStats:
     unstored: int = 0  # completed without their result (unserializable, too large): see logs
 
 
-class Claim:
-    """What the guarded code sees: the key and fencing token to pass downstream.
+class ReplayableResult:
+    """A block's result: the stored one when replayed, else what ``set_result`` was given.
 
-    ``replayed`` is True when the key was completed before: the block must not run its effect
-    again and ``result`` holds the stored result (reading it raises ResultUnavailableError when
-    the first run's result could not be stored: the work is done, its result is not kept).
-    ``protected`` is False only under the fail-open policy while the store is down (the token is
-    then 0, lower than any real token).
+    Shared by the guard's ``Claim`` and the PostgreSQL form's ``Transaction``.
     """
 
-    __slots__ = ("_result", "_unavailable", "key", "lease_lost", "protected", "replayed", "token")
+    __slots__ = ("_result", "_unavailable", "key", "replayed")
 
     def __init__(
         self,
         key: str,
-        token: int,
         *,
-        replayed: bool = False,
-        protected: bool = True,
-        result: object = None,
-        unavailable: ResultUnavailableError | None = None,
+        replayed: bool,
+        result: object,
+        unavailable: ResultUnavailableError | None,
     ) -> None:
         self.key = key
-        self.token = token
         self.replayed = replayed
-        self.protected = protected
-        self.lease_lost = False
         self._result = result
         self._unavailable = unavailable
 
@@ -78,6 +69,34 @@ class Claim:
         if self.replayed:
             raise RuntimeError(f"idempotency key {self.key!r} is replayed: it has its result")
         self._result = value
+
+
+class Claim(ReplayableResult):
+    """What the guarded code sees: the key and fencing token to pass downstream.
+
+    ``replayed`` is True when the key was completed before: the block must not run its effect
+    again and ``result`` holds the stored result (reading it raises ResultUnavailableError when
+    the first run's result could not be stored: the work is done, its result is not kept).
+    ``protected`` is False only under the fail-open policy while the store is down (the token is
+    then 0, lower than any real token).
+    """
+
+    __slots__ = ("lease_lost", "protected", "token")
+
+    def __init__(
+        self,
+        key: str,
+        token: int,
+        *,
+        replayed: bool = False,
+        protected: bool = True,
+        result: object = None,
+        unavailable: ResultUnavailableError | None = None,
+    ) -> None:
+        super().__init__(key, replayed=replayed, result=result, unavailable=unavailable)
+        self.token = token
+        self.protected = protected
+        self.lease_lost = False
 
     def __repr__(self) -> str:
         return (

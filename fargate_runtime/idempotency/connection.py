@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .memory_store import MemoryStore
+from .postgres_store import PostgresStore
+from .settings import StoreKind
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -75,9 +77,12 @@ def redis_client(
     return Redis.from_pool(pool)  # the client owns the pool: closing it closes the pool
 
 
-def open_store(settings: IdempotencySettings) -> RedisStore | MemoryStore:
+def open_store(settings: IdempotencySettings) -> RedisStore | MemoryStore | PostgresStore:
     """The store ``settings`` describe: enter it (``async with``, or ``Runtime.enter``) to check
-    Redis' eviction policy at start; close it with ``aclose`` (or by leaving the block)."""
+    Redis' eviction policy at start, or to connect to PostgreSQL and check its schema; close it
+    with ``aclose`` (or by leaving the block)."""
+    if settings.store is StoreKind.POSTGRES:
+        return PostgresStore.from_settings(settings)
     if settings.in_memory:
         return MemoryStore(max_result_bytes=settings.max_result_bytes)
     from .redis_store import RedisStore

@@ -20,9 +20,11 @@ from .serialization import DEFAULT_MAX_RESULT_BYTES, JsonSerializer, TypedSerial
 from .settings import FailurePolicy
 
 if TYPE_CHECKING:
+    import contextlib
     from collections.abc import Awaitable, Callable
 
     from ._store import IdempotencyStore
+    from .postgres_transaction import Transaction
     from .serialization import Serializer
     from .settings import IdempotencySettings
 
@@ -127,6 +129,33 @@ class Idempotency:
         """
         stored = self.key(scope, key)
         return Guard(self, stored, fingerprint or fingerprint_of(payload), serializer)
+
+    def transaction(
+        self,
+        scope: str,
+        key: str,
+        *,
+        payload: object = None,
+        fingerprint: str | None = None,
+        isolation: str | None = None,
+        serializer: Serializer | None = None,
+    ) -> contextlib.AbstractAsyncContextManager[Transaction]:
+        """Guard a block whose PostgreSQL writes commit together with its completion.
+
+        Needs the PostgreSQL store; see ``postgres_guard`` (replays, leases, failures).
+        ``serializer`` replaces this ``Idempotency``'s for this block's result.
+        """
+        from .postgres_guard import guarded_transaction
+
+        return guarded_transaction(
+            self,
+            scope,
+            key,
+            payload=payload,
+            fingerprint=fingerprint,
+            isolation=isolation,
+            serializer=serializer,
+        )
 
     def idempotent(
         self,

@@ -6,6 +6,10 @@ on TLS (ElastiCache in-transit encryption); AUTH comes from the URL
 (``rediss://user:password@host:6379/0``) or from ``..._REDIS_USERNAME`` / ``..._REDIS_PASSWORD``
 (handy when ECS injects the password from Secrets Manager). ``memory://`` selects the in-process
 store, for local runs. The URL and password are secrets: never shown in reprs or errors.
+
+``FARGATE_RUNTIME_IDEMPOTENCY_STORE=postgres`` keeps the records in PostgreSQL instead (see
+``postgres_store``): ``..._POSTGRES_URL``, else ``DATABASE_URL``, names the database, which
+should be the one the handlers write to, so their writes and the records commit together.
 """
 
 from __future__ import annotations
@@ -28,7 +32,13 @@ from ._limits import (
 from .keys import MAX_PREFIX_LENGTH, scoped_key
 from .serialization import DEFAULT_MAX_RESULT_BYTES
 
-__all__ = ["ENV_PREFIX", "FailurePolicy", "IdempotencySettings", "load_idempotency_settings"]
+__all__ = [
+    "ENV_PREFIX",
+    "FailurePolicy",
+    "IdempotencySettings",
+    "StoreKind",
+    "load_idempotency_settings",
+]
 
 ENV_PREFIX = "FARGATE_RUNTIME_IDEMPOTENCY_"
 # Inputs never repeated in an error message: a Redis URL may carry a password.
@@ -42,6 +52,17 @@ class FailurePolicy(enum.Enum):
     CLOSED = "closed"
     # The work runs unprotected, logged at ERROR: a duplicate may then run twice.
     OPEN = "open"
+
+
+class StoreKind(enum.Enum):
+    """Where the records live."""
+
+    REDIS = "redis"  # the Redis store (``memory://`` as its URL: the in-process store)
+    POSTGRES = "postgres"  # PostgreSQL: records can commit in the handler's own transaction
+
+
+# A PostgreSQL identifier we never need to quote: lower case, at most 63 bytes.
+_SCHEMA_NAME = r"^[a-z_][a-z0-9_]{0,62}$"
 
 
 class IdempotencySettings(BaseSettings):
@@ -91,13 +112,64 @@ class IdempotencySettings(BaseSettings):
     # or cannot be read: completed work whose record is evicted runs again.
     accept_eviction_risk: bool = False
 
+    store: StoreKind = StoreKind.REDIS
+    # postgresql://user:password@host:5432/dbname (TLS: ?sslmode=require); else DATABASE_URL.
+    postgres_url: SecretStr | None = None
+    postgres_password: SecretStr | None = None
+    # The schema that postgres_schema.sql created (``fargate-runtime postgres-schema``).
+    postgres_schema: str = Field(default="fargate_runtime", pattern=_SCHEMA_NAME)
+    # The store's own calls (claims, renewals, completions): short, so a few connections do.
+    postgres_pool_size: int = Field(default=4, ge=1, le=100)
+    # Handlers' transactions, each holding a connection while it runs: match the concurrency.
+    postgres_transaction_pool_size: int = Field(default=10, ge=1, le=1000)
+    postgres_connect_timeout_seconds: float = Field(
+        default=5.0, gt=0.0, le=120.0, allow_inf_nan=False
+    )
+    # A transaction idle this long is ended by PostgreSQL: a frozen (SIGSTOPped) or stuck worker
+    # must not hold its locks for ever.
+    postgres_idle_in_transaction_timeout_seconds: float = Field(
+        default=60.0, gt=0.0, le=86400.0, allow_inf_nan=False
+    )
+    # Expired records are deleted by every store in batches of this size, every interval
+    # (with jitter); each batch is one short transaction that skips locked rows.
+    postgres_cleanup: bool = True
+    postgres_cleanup_interval_seconds: float = Field(
+        default=60.0, gt=0.0, le=86400.0, allow_inf_nan=False
+    )
+    postgres_cleanup_batch_size: int = Field(default=1000, ge=1, le=100_000)
+
     @model_validator(mode="before")
     @classmethod
     def _plain_redis_url(cls, data: Any) -> Any:
         # Our own variable (or an argument) wins; plain REDIS_URL is the fallback.
         if isinstance(data, dict) and data.get("redis_url") is None and "REDIS_URL" in os.environ:
-            return {**data, "redis_url": os.environ["REDIS_URL"]}
+            data = {**data, "redis_url": os.environ["REDIS_URL"]}
+        if (
+            isinstance(data, dict)
+            and data.get("postgres_url") is None
+            and os.environ.get("DATABASE_URL")
+        ):
+            data = {**data, "postgres_url": os.environ["DATABASE_URL"]}
         return data
+
+    @model_validator(mode="after")
+    def _postgres_is_complete(self) -> IdempotencySettings:
+        # Checked only for the postgres store: DATABASE_URL may name another database (MySQL)
+        # of a service whose records live in Redis.
+        if self.store is not StoreKind.POSTGRES:
+            return self
+        if self.postgres_url is None:
+            raise ValueError(
+                f"the postgres store needs {ENV_PREFIX}POSTGRES_URL (or DATABASE_URL), "
+                "e.g. postgresql://app@db.internal:5432/app"
+            )
+        scheme = self.postgres_url.get_secret_value().partition("://")[0].lower()
+        if scheme not in {"postgres", "postgresql"}:
+            raise ValueError(
+                f"{ENV_PREFIX}POSTGRES_URL (or DATABASE_URL) has the scheme {scheme!r}: "
+                "use postgresql://"
+            )
+        return self
 
     @field_validator("key_prefix")
     @classmethod
@@ -135,6 +207,9 @@ def load_idempotency_settings(**overrides: Any) -> IdempotencySettings:
         problems = []
         for error in exc.errors():
             field = ".".join(str(part) for part in error["loc"]).upper()
+            if not field:  # a rule across fields: its input is every value, secrets too
+                problems.append(str(error["msg"]).removeprefix("Value error, "))
+                continue
             secret = any(marker in field.lower() for marker in _SECRET_MARKERS)
             shown = "" if secret else f" (got {error.get('input')!r})"
             problems.append(f"{ENV_PREFIX}{field}: {error['msg']}{shown}")

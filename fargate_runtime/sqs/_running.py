@@ -244,11 +244,15 @@ class Runner:
 
     def _context(self, item: InFlight) -> MessageContext:
         held = item.held
+        recovery = None
+        if held is not None and self._keys is not None:
+            recovery = self._keys.transactional(held, lambda: _completed_in_transaction(item))
         return MessageContext(
             self._lifecycle,
             message_id=item.message_id,
             idempotency_key=item.key,
             fencing_token=held.token if held is not None else None,
+            recovery=recovery,
         )
 
     async def _run_one(self, item: InFlight) -> bool:
@@ -400,8 +404,9 @@ class Runner:
         await self._holdings.heartbeat.untrack(item)
         if item.held is not None and self._completer is not None:
             completed = False
-            if not item.lease_lost:
+            if item.completion is None and not item.lease_lost:
                 item.completion = self._completer.complete(item.held)
+            if item.completion is not None:  # set already when the handler's COMMIT completed it
                 # Shielded: if we are cancelled now, the outcome is still read at the end.
                 completed = await asyncio.shield(item.completion)
             if not completed:
@@ -433,6 +438,13 @@ class Runner:
         self._holdings.back_off(
             item, seconds=self._settings.in_progress_delay_seconds, outcome=MessageOutcome.DEFERRED
         )
+
+
+def _completed_in_transaction(item: InFlight) -> None:
+    """The handler's own transaction committed the completion: no separate call for it."""
+    done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    done.set_result(True)
+    item.completion = done
 
 
 def _being_cancelled(exc: BaseException) -> bool:

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from ..errors import MalformedMessageError, StoreUnavailableError
-from ..idempotency import MAX_KEY_LENGTH, Completion, Idempotency, fingerprint
+from ..idempotency import MAX_KEY_LENGTH, Completion, Idempotency, PostgresStore, fingerprint
 from .settings import MAX_BATCH
 
 if TYPE_CHECKING:
-    from ..idempotency import Held, IdempotencyStore
+    from ..idempotency import Held, IdempotencyStore, TransactionalClaim
     from .message import Message
 
 __all__ = [
@@ -105,6 +105,20 @@ class MessageKeys:
         if len(key) > MAX_KEY_LENGTH or not key.isprintable():
             key = "sha256:" + hashlib.sha256(key.encode()).hexdigest()
         return self.idempotency.key(self.scope, key)
+
+    def transactional(
+        self, held: Held, on_completed: Callable[[], None]
+    ) -> TransactionalClaim | None:
+        """The handler's transactions on ``held`` (``context.transaction()``); PostgreSQL only.
+
+        ``on_completed`` runs when one of them commits the completion record.
+        """
+        store = self.idempotency.store
+        if not isinstance(store, PostgresStore):
+            return None
+        return store.transactional(
+            held, retention_seconds=self.idempotency.retention_seconds, on_completed=on_completed
+        )
 
 
 class Completer:

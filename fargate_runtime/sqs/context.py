@@ -1,4 +1,5 @@
-"""What a handler gets besides its message: the key, the fencing token, the deadline, a logger."""
+"""What a handler gets besides its message: the key, the fencing token, the deadline, a logger,
+and with the PostgreSQL store a transaction that commits together with the message's record."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, TypeAlias
 
+from ..errors import ConfigurationError
+
 if TYPE_CHECKING:
+    import contextlib
+
+    from ..idempotency import Transaction, TransactionalClaim
     from ..lifecycle import Lifecycle
     from .message import Message
 
@@ -50,9 +56,16 @@ class MessageContext(_Deadline):
     Pass ``idempotency_key`` downstream (a payment provider's ``Idempotency-Key``) and
     ``fencing_token`` to conditional writes: our claim can expire under a stalled worker, and
     only the downstream check stops that zombie from acting twice (DESIGN.md section 4).
+
+    With the PostgreSQL store, write through ``transaction()`` instead: the writes commit with
+    the message's completion record, so they happen exactly once (``recovery`` adds
+    recovery points for effects in several steps)::
+
+        async with context.transaction() as tx:
+            await tx.execute("INSERT INTO charges (event_id, amount) VALUES ($1, $2)", ...)
     """
 
-    __slots__ = ("fencing_token", "idempotency_key", "logger", "message_id")
+    __slots__ = ("fencing_token", "idempotency_key", "logger", "message_id", "recovery")
 
     def __init__(
         self,
@@ -62,6 +75,7 @@ class MessageContext(_Deadline):
         idempotency_key: str | None,
         fencing_token: int | None,
         logger: logging.Logger = _handler_logger,
+        recovery: TransactionalClaim | None = None,
     ) -> None:
         super().__init__(lifecycle)
         self.message_id = message_id
@@ -70,6 +84,24 @@ class MessageContext(_Deadline):
         self.fencing_token = fencing_token
         # Log lines written while the handler runs carry message_id and idempotency_key.
         self.logger = logger
+        # Transactions and recovery points of this message's claim (PostgreSQL store only;
+        # None otherwise). Not ``work``: that names the executor attribution of the consumer.
+        self.recovery = recovery
+
+    def transaction(
+        self, *, isolation: str | None = None
+    ) -> contextlib.AbstractAsyncContextManager[Transaction]:
+        """A transaction whose COMMIT also completes this message's idempotency record.
+
+        Its writes and the record land together or not at all; a claim lost meanwhile raises
+        LeaseLostError and rolls them back. Needs the PostgreSQL store.
+        """
+        if self.recovery is None:
+            raise ConfigurationError(
+                "context.transaction() needs the consumer's idempotency on the PostgreSQL store "
+                "(FARGATE_RUNTIME_IDEMPOTENCY_STORE=postgres) and a claimed message"
+            )
+        return self.recovery.transaction(isolation=isolation)
 
 
 class BatchContext(_Deadline):

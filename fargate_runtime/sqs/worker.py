@@ -14,7 +14,9 @@ that long form, for workers that need more than one queue or their own store):
 
 1. ``SqsSettings`` from ``FARGATE_RUNTIME_SQS_*``; the SQS client entered as resource ``sqs``.
 2. With ``key``: ``IdempotencySettings`` from ``FARGATE_RUNTIME_IDEMPOTENCY_*`` / ``REDIS_URL``,
-   the store entered as resource ``idempotency``, claims per key. Without ``key``: no claims.
+   the store entered as resource ``idempotency``, claims per key (on PostgreSQL,
+   ``FARGATE_RUNTIME_IDEMPOTENCY_STORE=postgres``, ``context.transaction()`` commits the
+   handler's writes with the record). Without ``key``: no claims.
 3. ``build_handler(runtime)``, if given instead of ``handler``: it enters the handler's own
    resources (a database pool, an HTTP client) and returns the handler.
 4. The consumer added as service ``sqs-consumer``.

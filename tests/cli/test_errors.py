@@ -14,7 +14,7 @@ import re
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import pytest
@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 pytestmark = pytest.mark.process
+
+# Stands for the test PostgreSQL's URL in a row's argv (the server is found only for such rows).
+POSTGRES = "<postgres-url>"
 
 # Modules a user might hand to `fargate-runtime run`, each broken its own way.
 APPS = {
@@ -307,6 +310,79 @@ def cases(apps: Path, status_port: int) -> list[Case]:
             rf"no SQS endpoint answers at http://127\.0\.0\.1:{closed}",
         ),
         Case(
+            "drill: --store unknown",
+            ["drill", "--store", "mysql"],
+            2,
+            r"--store: 'mysql': give redis, postgres, or both",
+        ),
+        Case(
+            "drill: --postgres-url nothing answers",
+            [
+                "drill",
+                "--quiet",
+                "--store",
+                "postgres",
+                "--postgres-url",
+                f"postgresql://app:secret@127.0.0.1:{closed}/app",
+            ],
+            2,
+            r"cannot run: no PostgreSQL lets the drill in at "
+            rf"postgresql://app:\*\*\*@127\.0\.0\.1:{closed}/app",
+        ),
+        Case(
+            "drill: --restart-redis with --store postgres",
+            ["drill", "--store", "redis,postgres", "--restart-redis"],
+            2,
+            r"--restart-redis is drilled on the redis store only",
+        ),
+        Case(
+            "postgres-schema: nothing answers",
+            ["postgres-schema", "--url", f"postgresql://app:secret@127.0.0.1:{closed}/app"],
+            78,
+            rf"^fargate-runtime postgres-schema: .*127\.0\.0\.1:{closed}/app",
+            env={"FARGATE_RUNTIME_IDEMPOTENCY_POSTGRES_CONNECT_TIMEOUT_SECONDS": "2"},
+        ),
+        Case(
+            "postgres-schema: the schema was never applied",
+            ["postgres-schema", "--url", POSTGRES, "--schema", "frt_cli_never_applied"],
+            78,
+            r"schema 'frt_cli_never_applied' has no idempotency records table: create it with "
+            r"`fargate-runtime postgres-schema --apply --schema frt_cli_never_applied`",
+        ),
+        Case(
+            "postgres-schema: no URL at all",
+            ["postgres-schema", "--check"],
+            78,
+            r"the postgres store needs FARGATE_RUNTIME_IDEMPOTENCY_POSTGRES_URL "
+            r"\(or DATABASE_URL\)",
+            env={"DATABASE_URL": ""},
+        ),
+        Case(
+            "postgres-schema: a bad setting in the environment",
+            ["postgres-schema", "--url", "postgresql://app@127.0.0.1/app"],
+            78,
+            r"FARGATE_RUNTIME_IDEMPOTENCY_POSTGRES_POOL_SIZE: .*greater than or equal to 1",
+            env={"FARGATE_RUNTIME_IDEMPOTENCY_POSTGRES_POOL_SIZE": "0"},
+        ),
+        Case(
+            "postgres-schema: a schema name that needs quoting",
+            ["postgres-schema", "--print", "--schema", "Payments-2"],
+            2,
+            r"--schema: PostgreSQL schema name 'Payments-2' must be lower case letters",
+        ),
+        Case(
+            "postgres-schema: not a postgresql:// URL",
+            ["postgres-schema", "--url", "mysql://app:secret@db/app"],
+            2,
+            r"--url: the URL must start with postgresql:// \(see",
+        ),
+        Case(
+            "postgres-schema: two actions",
+            ["postgres-schema", "--print", "--apply"],
+            2,
+            r"argument --apply: not allowed with argument --print",
+        ),
+        Case(
             "unknown command",
             ["deploy"],
             2,
@@ -341,10 +417,14 @@ def cases_for_ids() -> list[Case]:
 
 @pytest.mark.parametrize("index", range(len(cases_for_ids())), ids=case_names())
 def test_each_failure_is_one_line_and_a_documented_exit_code(
-    index: int, apps: Path, status_port: int, tmp_path: Path
+    index: int, apps: Path, status_port: int, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    """The row's exit code, one line saying what went wrong, no traceback, no temp dir left."""
+    """The row's exit code, one line saying what went wrong, no traceback, no password (the
+    rows' URLs carry ``secret``), no temp dir left."""
     case = cases(apps, status_port)[index]
+    if POSTGRES in case.argv:
+        url = request.getfixturevalue("postgres_url")
+        case = replace(case, argv=[url if arg == POSTGRES else arg for arg in case.argv])
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     env = {**os.environ, "TMPDIR": str(scratch), "PYTHONUNBUFFERED": "1", **case.env}
@@ -359,6 +439,7 @@ def test_each_failure_is_one_line_and_a_documented_exit_code(
     both = done.stdout + done.stderr
     assert done.returncode == case.code, both
     assert "Traceback" not in both
+    assert "secret" not in both
     if case.stream == "stdout-json":
         assert done.stderr == ""
         lines = done.stdout.splitlines()

@@ -6,14 +6,15 @@ by their language:
 - ``python`` blocks start with ``# NAME.py``; they are written to the document's project
   directory, where the ``sh`` blocks run.
 - ``sh`` blocks run line by line (continuations joined, comments dropped) against a local SQS
-  queue and Redis. ``fargate-runtime run APP`` starts APP, waits until it is running and keeps
-  it up for the lines after it (a worker also gets one message and must handle it), until the
-  next ``run`` or the end: then it gets SIGTERM and must exit 0. Three commands cannot run
-  inside a test and are checked instead (``STAND_INS``): ``make`` (``make test`` is this
-  suite; ``make -n`` proves the target and its recipe), ``docker`` (no Docker engine on these
-  machines; the Dockerfile it names must exist, and ``tests/deploy/test_dockerfile.py`` checks
-  it) and ``pip install`` of the wheel (``tests/test_installed_wheel.py`` does that install in
-  a fresh venv; here the wheel's name must be the one ``make dist`` writes).
+  queue, Redis and a PostgreSQL database of the test's own (``DATABASE_URL``). ``fargate-runtime
+  run APP`` (after ``NAME=value`` assignments, as in a shell) starts APP, waits until it is
+  running and keeps it up for the lines after it (a worker also gets one message and must handle
+  it), until the next ``run`` or the end: then it gets SIGTERM and must exit 0. Three commands
+  cannot run inside a test and are checked instead (``STAND_INS``): ``make`` (``make test`` is
+  this suite; ``make -n`` proves the target and its recipe), ``docker`` (no Docker engine on these
+  machines; the Dockerfile it names must exist, and ``tests/deploy/test_dockerfile.py`` checks it)
+  and ``pip install`` of the wheel (``tests/test_installed_wheel.py`` does that install in a fresh
+  venv; here the wheel's name must be the one ``make dist`` writes).
 - ``json`` is parsed, ``sql`` runs against a ledger of the stand-in provider, ``dockerfile`` is
   parsed and must build FROM the base; ``text`` and unlabelled blocks are output and layouts.
 """
@@ -39,10 +40,11 @@ import pytest
 from fargate_runtime.drill.ledger import create_ledger
 from fargate_runtime.local import sqs_environment
 from tests.deploy.dockerfile import parse, stages
+from tests.idempotency.postgres import PostgresDatabase
 from tests.processes import Child
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import AsyncIterator, Iterator
 
     import redis.asyncio
 
@@ -58,6 +60,8 @@ DOCUMENTS: dict[str, tuple[Path | None, bool]] = {
     "examples/http_api/README.md": (REPO, False),
 }
 STAND_INS = ("make", "docker", "pip install")
+# ``fargate-runtime run APP``, after any ``NAME=value`` assignments for it.
+_RUN = re.compile(r"^(?:[A-Z_][A-Z0-9_]*=\S*\s+)*fargate-runtime run ")
 _FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 _NOT_CODE = {"", "text"}
 
@@ -98,10 +102,22 @@ def test_every_block_has_a_known_language() -> None:
 
 
 @pytest.fixture
+async def database_url(postgres_url: str) -> AsyncIterator[str]:
+    """A database of this test's own (the README's PostgreSQL blocks), dropped afterwards."""
+    async with PostgresDatabase.created(postgres_url) as url:
+        yield url
+
+
+@pytest.fixture
 def environment(
-    sqs_endpoint: str, redis_url: str, redis_prefix: str, redis_client: redis.asyncio.Redis
+    sqs_endpoint: str,
+    redis_url: str,
+    redis_prefix: str,
+    redis_client: redis.asyncio.Redis,
+    database_url: str,
 ) -> Iterator[dict[str, str]]:
-    """Environment of the commands: a fresh queue, the test Redis under this test's prefix."""
+    """Environment of the commands: a fresh queue, the test Redis under this test's prefix, a
+    fresh PostgreSQL database."""
     del redis_client  # requested for its cleanup of ``redis_prefix`` keys
     sqs: Any = botocore.session.get_session().create_client(
         "sqs", endpoint_url=sqs_endpoint, region_name="us-east-1"
@@ -113,6 +129,7 @@ def environment(
             "FARGATE_RUNTIME_SQS_QUEUE_URL": queue,
             "FARGATE_RUNTIME_SQS_ENDPOINT_URL": sqs_endpoint,
             "REDIS_URL": redis_url,
+            "DATABASE_URL": database_url,
             "FARGATE_RUNTIME_IDEMPOTENCY_KEY_PREFIX": redis_prefix,
             "PAYMENTS_API_KEY_PREFIX": redis_prefix,
             "FARGATE_RUNTIME_STOP_TIMEOUT_SECONDS": "10",
@@ -144,7 +161,10 @@ def _stand_in(line: str, cwd: Path) -> None:
 
 def _start(line: str, cwd: Path, env: dict[str, str]) -> Child:
     """``fargate-runtime run APP``: started, and running, before the next line."""
-    child = Child(shlex.split(line), env=env, cwd=cwd)
+    words = shlex.split(line)
+    assignments = words[: words.index("fargate-runtime")]
+    own = dict(word.split("=", 1) for word in assignments)
+    child = Child(words[len(assignments) :], env={**env, **own}, cwd=cwd)
     child.wait_for_message("phase running", timeout=60)
     return child
 
@@ -159,7 +179,8 @@ def _stop(child: Child) -> int:
 
 
 def _exercise(child: Child, env: dict[str, str]) -> None:
-    """A running SQS worker gets one event and must handle it (its output names the event)."""
+    """A running SQS worker gets one event and must handle it: a line that names the event and
+    is not an error (a failed handler's line names it too)."""
     child.wait_for_message("sqs consumer started", timeout=30)
     event_id = f"evt_{uuid.uuid4().hex[:8]}"
     body = {"event_id": event_id, "account": "acct_1", "amount_cents": 1250}
@@ -167,7 +188,10 @@ def _exercise(child: Child, env: dict[str, str]) -> None:
         "sqs", endpoint_url=env["FARGATE_RUNTIME_SQS_ENDPOINT_URL"], region_name="us-east-1"
     )
     sqs.send_message(QueueUrl=env["FARGATE_RUNTIME_SQS_QUEUE_URL"], MessageBody=json.dumps(body))
-    child.wait_for(lambda line: event_id in json.dumps(line), timeout=30)
+    child.wait_for(
+        lambda line: event_id in json.dumps(line) and line.get("level") in (None, "INFO"),
+        timeout=30,
+    )
 
 
 def _check_other(block: Block, document: str, scratch: Path) -> None:
@@ -212,7 +236,7 @@ def test_the_documents_blocks_run(
             for line in commands(block):
                 if line.startswith(STAND_INS):
                     _stand_in(line, cwd)
-                elif line.startswith("fargate-runtime run "):
+                elif _RUN.match(line):
                     # One app at a time, as a reader stops the last before the next.
                     for running in started:
                         assert _stop(running) == 0, running.output()
@@ -229,4 +253,5 @@ def test_the_documents_blocks_run(
         codes = [_stop(child) for child in started]
     for child, code in zip(started, codes, strict=True):
         assert code == 0, child.output()
+        assert "handler failed" not in child.messages(), child.output()
     assert started or document != "README.md"

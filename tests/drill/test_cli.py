@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 import pytest
 
 from fargate_runtime.cli import COMMANDS
-from fargate_runtime.drill.cli import config_from_args, configure_parser
+from fargate_runtime.drill.cli import (
+    config_from_args,
+    configure_parser,
+    options_from_args,
+    run_command,
+)
 from fargate_runtime.drill.plan import DEFAULT_WORKER
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -24,9 +33,10 @@ def test_every_flag_reaches_the_config() -> None:
         "--hard-kill-share", "0.5", "--malformed-share", "0.05", "--restart-redis",
         "--stop-timeout", "12", "--worker", "my.app:app", "--seed", "9",
         "--json", "out.json", "--html", "out.html", "--timeout", "60",
-        "--interrupt-every", "2,3", "--worker-env", "A=1",
+        "--interrupt-every", "2,3", "--worker-env", "A=1", "--store", "postgres,redis",
     )  # fmt: skip
     config = config_from_args(args, run_id="r")
+    assert config.store == "postgres"  # the first store's run
     assert (config.events, config.workers, config.seed) == (50, 4, 9)
     assert (config.duplicates_share, config.hard_kill_share, config.malformed_share) == (
         0.3,
@@ -62,3 +72,43 @@ def test_drill_and_local_are_registered_commands() -> None:
     """The console script knows both subcommands."""
     assert COMMANDS["drill"][0] == "fargate_runtime.drill.cli"
     assert COMMANDS["local"][0] == "fargate_runtime.drill.local_command"
+
+
+def test_store_takes_one_store_or_both_in_order() -> None:
+    """--store postgres,redis runs both (in that order); anything else is a usage error."""
+    assert parse().store == ("redis",)
+    assert parse("--store", "postgres,redis").store == ("postgres", "redis")
+    for bad in ("mysql", "redis,redis", ""):
+        with pytest.raises(SystemExit) as exit_info:
+            parse("--store", bad)
+        assert exit_info.value.code == 2
+
+
+def test_restarting_redis_under_the_postgres_store_is_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--restart-redis with --store postgres cannot run (exit 2) and says why in one line."""
+    code = run_command(parse("--store", "postgres", "--restart-redis"))
+    assert code == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_where_the_drill_runs_reaches_its_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--postgres-url, else POSTGRES_URL, names the PostgreSQL; neither names none."""
+    monkeypatch.setenv("POSTGRES_URL", "postgresql://env@127.0.0.1:5432/env")
+    named = options_from_args(
+        parse("--postgres-url", "postgresql://flag@db/flag", "--sqs-endpoint", "http://sqs"),
+        work_dir=tmp_path,
+        keep_work_dir=True,
+    )
+    assert (named.postgres_url, named.sqs_endpoint_url) == (
+        "postgresql://flag@db/flag",
+        "http://sqs",
+    )
+    assert named.keep_work_dir
+    from_env = options_from_args(parse(), work_dir=tmp_path, keep_work_dir=False)
+    assert from_env.postgres_url == "postgresql://env@127.0.0.1:5432/env"
+    monkeypatch.delenv("POSTGRES_URL")
+    assert options_from_args(parse(), work_dir=tmp_path, keep_work_dir=False).postgres_url is None

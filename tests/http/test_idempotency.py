@@ -1,4 +1,4 @@
-"""Idempotency-Key middleware over real sockets, on the real Redis store (and the memory store)."""
+"""Idempotency-Key middleware over real sockets, on real Redis and PostgreSQL (and in memory)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from fargate_runtime.idempotency import MemoryStore, RedisStore
 from .serving import served
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Iterator
 
     from starlette.requests import Request
 
@@ -150,13 +150,16 @@ class Handlers:
         return Starlette(routes=routes, middleware=[middleware])
 
 
-@pytest.fixture(params=["redis", "memory"])
-async def store(
+@pytest.fixture(params=["redis", "memory", "postgres"])
+def store(
     request: pytest.FixtureRequest, redis_client: redis.asyncio.Redis
-) -> AsyncIterator[IdempotencyStore]:
-    """The real Redis store (keys under the test's prefix, deleted afterwards), or memory."""
+) -> Iterator[IdempotencyStore]:
+    """The real Redis store (keys under the test's prefix, deleted afterwards), memory, or the
+    PostgreSQL store on a schema of the test's own."""
     if request.param == "memory":
         yield MemoryStore()
+    elif request.param == "postgres":
+        yield request.getfixturevalue("postgres_store")
     else:
         yield RedisStore(redis_client)
 

@@ -1,8 +1,8 @@
-"""Fixtures for the idempotency tests: one harness per store (memory, real Redis).
+"""Fixtures for the idempotency tests: one harness per store (memory, real Redis, PostgreSQL).
 
-The harness hides the only thing the two stores do differently in a test: how a lease is made
-to run out (advancing the injected clock, or a short real ``PX`` lease and polling Redis until
-the key is gone).
+The harness hides the only thing the stores do differently in a test: how a lease is made to
+run out (advancing the injected clock; a short real ``PX`` lease and polling Redis until the key
+is gone; a short lease and waiting out what PostgreSQL's own clock says is left of it).
 """
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ import redis.asyncio
 from fargate_runtime.idempotency import (
     ManualClock,
     MemoryStore,
+    PostgresStore,
     RedisStore,
     StoreBase,
     scoped_key,
 )
+from tests.idempotency.postgres import wait_until_forgotten
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -73,13 +75,20 @@ async def decoding_redis_client(redis_url: str) -> AsyncIterator[redis.asyncio.R
 
 
 # Each store joins the conformance suite with one entry here (and its branch below).
-STORES = ["memory", "redis", "redis-decoding"]
+STORES = ["memory", "redis", "redis-decoding", "postgres"]
 
 
 @pytest.fixture(params=STORES)
 def harness(request: pytest.FixtureRequest, redis_prefix: str) -> Harness:
-    """The conformance harness over each store: in memory, a real Redis, and a real Redis
-    through a client made with ``decode_responses=True`` and ``encoding="latin-1"``."""
+    """The conformance harness over each store: in memory, a real Redis, a real Redis through a
+    client made with ``decode_responses=True`` and ``encoding="latin-1"``, and a real PostgreSQL."""
+    if request.param == "postgres":
+        store: PostgresStore = request.getfixturevalue("postgres_store")
+
+        async def forgotten(key: str) -> None:
+            await wait_until_forgotten(store, key)
+
+        return Harness("postgres", store, redis_prefix, forgotten)
     if request.param == "memory":
         clock = ManualClock()
 

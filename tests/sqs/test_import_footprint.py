@@ -1,8 +1,8 @@
 """What a running worker has imported: no HTTP server, no telemetry SDK unless it is used.
 
-Each worker runs as a real process (real SQS over HTTP, the real Redis for the keyed one) and its
-handler reports the watched packages it finds in ``sys.modules`` and which module imported them
-first (an import hook installed before the runtime is imported).
+Each worker runs as a real process (real SQS over HTTP, the real Redis or PostgreSQL for the
+keyed ones) and its handler reports the watched packages it finds in ``sys.modules`` and which
+module imported them first (an import hook installed before the runtime is imported).
 """
 
 from __future__ import annotations
@@ -10,12 +10,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tests.processes import Child
 from tests.sqs.worker_support import send
+
+if TYPE_CHECKING:
+    from tests.idempotency.postgres import PostgresSchema
 
 pytestmark = [pytest.mark.process, pytest.mark.integration]
 
@@ -73,3 +76,24 @@ def test_telemetry_on_loads_the_sdk_through_the_runtime(
     report = _imports(env, "plain")
     assert report["loaded"] == ["opentelemetry.sdk"], report
     assert report["importers"]["opentelemetry.sdk"].startswith("fargate_runtime.telemetry"), report
+
+
+def test_keyed_worker_on_postgres_loads_asyncpg_and_never_redis_py(
+    sync_sqs: Any, queue_factory: Any, worker_env: dict[str, str], postgres_schema: PostgresSchema
+) -> None:
+    """With its keys in PostgreSQL a worker imports asyncpg for them, and neither redis-py nor
+    an HTTP server."""
+    queue = queue_factory()
+    send(sync_sqs, queue, [json.dumps({"event_id": "e1"})])
+    env = _env(
+        worker_env,
+        queue,
+        FARGATE_RUNTIME_IDEMPOTENCY_STORE="postgres",
+        FARGATE_RUNTIME_IDEMPOTENCY_POSTGRES_URL=postgres_schema.url,
+        FARGATE_RUNTIME_IDEMPOTENCY_POSTGRES_SCHEMA=postgres_schema.name,
+    )
+    report = _imports(env, "keyed")
+    loaded, importers = report["loaded"], report["importers"]
+    assert "asyncpg" in loaded, report
+    assert importers["asyncpg"].startswith("fargate_runtime.idempotency."), report
+    assert not {"redis", "uvicorn", "starlette", "fargate_runtime.http"} & set(loaded), report

@@ -1,6 +1,7 @@
 """Every SQS message gets a span that says what became of it, and every line about it its ids.
 
-Real consumer, SQS over HTTP (moto), real Redis; spans and metrics recorded in memory.
+Real consumer, SQS over HTTP (moto), real Redis (and PostgreSQL for the transactional form);
+spans and metrics recorded in memory.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from fargate_runtime.sqs.acks import DeleteBuffer
 from fargate_runtime.telemetry import (
     DISPOSITION_ATTRIBUTE,
     HANDLER_BUCKETS_SECONDS,
+    IDEMPOTENCY_OUTCOME_ATTRIBUTE,
     STORE_BUCKETS_SECONDS,
 )
 from tests.sqs.conftest import event
@@ -45,6 +47,8 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
     from types_aiobotocore_sqs import SQSClient
 
+    from fargate_runtime.idempotency import PostgresStore
+    from tests.idempotency.postgres import PostgresSchema
     from tests.logcapture import JsonLines
     from tests.telemetry.conftest import Recorded
 
@@ -286,3 +290,36 @@ async def test_a_delete_given_up_is_logged_with_its_messages_ids(
     assert await future is AckOutcome.GAVE_UP
     (line,) = json_lines.with_message("sqs delete given up")
     assert {key: line[key] for key in fields} == fields
+
+
+async def test_a_message_completed_by_its_handlers_commit_has_a_claimed_deleted_span(
+    recorded: Recorded,
+    json_lines: JsonLines,
+    sqs: SQSClient,
+    queue: str,
+    postgres_store: PostgresStore,
+    postgres_schema: PostgresSchema,
+) -> None:
+    """On the PostgreSQL store the handler's COMMIT completes the record: its span says claimed
+    and deleted, no completion call follows, and its line in the transaction has the span's ids."""
+    table = f"{postgres_schema.name}.charges"
+    await postgres_schema.fetchval(f"CREATE TABLE {table} (event_id text PRIMARY KEY)")
+    message_id, _ = await send_traced(sqs, queue, event("pg-span"))
+
+    async def handle(message: Message, context: MessageContext) -> None:
+        async with context.transaction() as tx:
+            await tx.execute(f"INSERT INTO {table} VALUES ($1)", message.json()["event_id"])
+            context.logger.info("charged in the transaction")
+
+    consumer = keyed(handle, sqs, queue, Idempotency(postgres_store, prefix="pgspan"))
+    async with running(consumer):
+        await eventually(lambda: message_id in process_spans(recorded, queue), what="its span")
+    span = process_spans(recorded, queue)[message_id]
+    attributes = span.attributes or {}
+    assert (span.status.status_code, error_type(span)) == (UNSET, None)
+    assert attributes.get(IDEMPOTENCY_OUTCOME_ATTRIBUTE) == "claimed"
+    assert attributes.get(DISPOSITION_ATTRIBUTE) == "deleted"
+    assert consumer.stats.completion_round_trips == 0
+    (line,) = json_lines.with_message("charged in the transaction")
+    assert {k: line.get(k) for k in ("trace_id", "span_id")} == ids_of(span)
+    assert await postgres_schema.fetchval(f"SELECT count(*) FROM {table}") == 1
