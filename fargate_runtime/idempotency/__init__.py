@@ -16,7 +16,9 @@ the guard::
 Results replay with their types (``JsonSerializer``, ``TypedSerializer``); one that cannot be
 stored completes the record without it (``ResultUnavailableError`` for duplicates), never a
 second run. Batch callers (the SQS consumer) call ``claim_many`` / ``complete_many`` on the
-store directly, one round trip for a whole receive batch, with one ``attempt_owner`` per call.
+store directly, one round trip for a whole receive batch, with one ``attempt_owner`` per call
+(or a ``delivery_owner`` per message). Stores that implement ``CountingStore`` (Redis, memory)
+also keep the consumer's per-message counters.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from ._store import (
     ClaimResult,
     ClaimStatus,
     Completion,
+    CountChange,
+    CountingStore,
     Held,
     IdempotencyStore,
     RecordState,
@@ -46,7 +50,7 @@ from .connection import open_store, redis_client
 from .guard import Guard
 from .keys import MAX_KEY_LENGTH, fingerprint, scoped_key
 from .memory_store import ManualClock, MemoryStore
-from .owners import attempt_owner
+from .owners import attempt_owner, delivery_owner
 from .redis_store import RedisStore
 from .serialization import JsonSerializer, Serializer, TypedSerializer, encode_result
 from .service import Idempotency
@@ -60,6 +64,8 @@ __all__ = [
     "ClaimResult",
     "ClaimStatus",
     "Completion",
+    "CountChange",
+    "CountingStore",
     "FailurePolicy",
     "Guard",
     "GuardStats",
@@ -84,6 +90,7 @@ __all__ = [
     "TypedSerializer",
     "attempt_owner",
     "current_claim",
+    "delivery_owner",
     "encode_result",
     "fingerprint",
     "load_idempotency_settings",
