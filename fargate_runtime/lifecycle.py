@@ -122,9 +122,9 @@ class Lifecycle:
     def not_ready_reason(self) -> str | None:
         """Why ``ready`` is False, in a few words (what ``/readyz`` answers); None when ready."""
         if self._phase is not Phase.RUNNING:
-            return self._phase.value
+            return str(self._phase.value)
         if self.shutdown_requested:
-            return Phase.DRAINING.value
+            return str(Phase.DRAINING.value)
         if self._unready:
             return "; ".join(f"{source}: {why}" for source, why in sorted(self._unready.items()))
         return None

@@ -2,11 +2,16 @@
 
 A message's life, and where each rule of DESIGN.md section 5 lives::
 
-    receive (only free slots) -> claim key (batch) -> handler -> complete claim -> delete (batch)
-               |                   |  completed: delete, no run      |
-               |                   |  in progress: back off           +-> failed: release claim,
-               |                   |  malformed / mismatch: fail          visibility = backoff
-               +-- heartbeat extends visibility and lease until the message is settled
+    receive (only free slots, only while the store answers: ``_receiver``, ``_outage``)
+      -> claim key (batch, each delivery its own owner: ``_claiming``)
+           completed: deleted unrun | in progress elsewhere: back later | malformed/mismatch:
+           a failure | store down: held (heartbeat) until it answers, intake paused
+      -> handler (``_running``; FIFO: per group, failures retried in process: ``_groups``)
+      -> completion (batched, retried through an outage: ``_completion``) -> delete (batch)
+      failed / not now / shutdown -> handed back (``_handback``): after a backoff, at once, as
+           a copy when near maxReceiveCount for reasons not its own, or to the DLQ
+      the heartbeat extends visibility and lease until the message leaves; a refused renewal
+           lets go of it (``heartbeat``)
 
 A receive asks for at most the free slots (a message holds its slot until deleted or handed
 back), waiting ``gather_seconds`` for a full batch of 10 when only a few are free: one receive
@@ -15,13 +20,16 @@ slots while they wait their turn: SQS hands out a group in order or not at all.
 
 Shutdown, run as the supervisor drives it::
 
-    SIGTERM     slots closed: no new receive; unstarted messages released (visibility 0)
-                the receive in flight returns (WaitTimeSeconds fits the drain) and what it
-                brings is released -- or it is abandoned (abandon_receive_on_shutdown)
+    SIGTERM     slots closed: no new receive; the long poll in flight abandoned at once (what
+                SQS still hands it stays hidden for the short visibility); unstarted messages
+                released (visibility 0; a copy when at their last receive)
     ...         in-flight handlers finish, complete, delete
     drain end   the supervisor cancels run(): handlers cancelled, their claims released and
                 messages made visible at once, inside lifecycle.cleanup_scope()
     finally     completions, deletes and visibility changes flushed; stats logged
+
+A fatal receive error (the queue deleted, access revoked) starts the same shutdown: handlers in
+flight drain within the budget, then the consumer raises (exit 1).
 """
 
 from __future__ import annotations
@@ -31,16 +39,22 @@ import logging
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigurationError, ConsumerError
+from ..idempotency import CountingStore, Held
 from ..telemetry import ErrorType, metrics_enabled
 from ..telemetry._core import error_type_of
 from ._backlog import BacklogSampler
+from ._claiming import Claimer
+from ._completion import Completer, Completions
 from ._final_release import FinalRelease
+from ._handback import DeliveryCounters
 from ._holdings import ConsumerStats, Holdings
 from ._inflight import MessageState
+from ._outage import StoreOutage
+from ._queue import QueueFacts, log_queue, read_queue
 from ._receiver import Receiver
 from ._running import Runner
 from .backoff import Backoff
-from .claims import Completer, MessageKeys, body_fingerprint
+from .claims import MessageKeys, body_fingerprint
 from .events import Events
 
 if TYPE_CHECKING:
@@ -50,7 +64,7 @@ if TYPE_CHECKING:
     from types_aiobotocore_sqs import SQSClient
     from types_aiobotocore_sqs.type_defs import MessageTypeDef
 
-    from ..idempotency import Idempotency
+    from ..idempotency import Idempotency, IdempotencyStore
     from ..lifecycle import Lifecycle
     from .claims import FingerprintFunction, KeyFunction
     from .context import BatchHandler, Handler
@@ -112,6 +126,13 @@ class Consumer:
             raise ConfigurationError(
                 "idempotency and key go together: where does the key come from?"
             )
+        if getattr(key, "fifo_only", False) and not settings.is_fifo:
+            raise ConfigurationError(
+                f"key=deduplication_id() reads MessageDeduplicationId, which only FIFO queues "
+                f"have: FARGATE_RUNTIME_SQS_QUEUE_URL {settings.queue_url} is a standard queue "
+                "(every message would be malformed); key its messages by a field "
+                "(json_field) or an attribute (message_attribute)"
+            )
         self.settings = settings
         self._client = client
         self._handler = handler
@@ -123,13 +144,27 @@ class Consumer:
             self._keys = MessageKeys(
                 idempotency=idempotency, key=key, scope=scope, fingerprint=fingerprint
             )
-        self._backoff = backoff or Backoff(
-            base_seconds=settings.backoff_base_seconds, cap_seconds=settings.backoff_cap_seconds
-        )
         store = idempotency.store if idempotency is not None else None
         self._store = store
+        self._outage = StoreOutage(self._probe, held=lambda: len(self._holdings))
         self._events = Events(on_event, queue_name=settings.queue_name)
-        self._holdings = Holdings(client, settings=settings, store=store, events=self._events)
+        self._holdings = Holdings(
+            client,
+            settings=settings,
+            store=store,
+            events=self._events,
+            backoff=backoff,
+            on_store_error=self._outage.failed,
+        )
+        counting = _counting(store)
+        if counting is not None and self._keys is not None:
+            self._holdings.handback.counters = DeliveryCounters(
+                counting,
+                key=self._keys.counter_key,
+                ttl_seconds=QueueFacts.assumed(settings).retention_seconds,
+                on_store_error=self._outage.failed,
+            )
+        self._queue: QueueFacts | None = None
         self._ready = asyncio.Event()
         self._ended = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -151,6 +186,9 @@ class Consumer:
         stats.visibility_calls = holdings.visibility.counters.calls
         stats.heartbeat_extensions = holdings.heartbeat.extensions
         stats.lease_renewals = holdings.heartbeat.renewals
+        stats.lease_lost += holdings.heartbeat.lost
+        stats.visibility_lapsed = holdings.heartbeat.lapsed
+        stats.store_outages = self._outage.outages
         if self._completer is not None:
             stats.completion_round_trips = self._completer.round_trips
         return stats
@@ -177,6 +215,35 @@ class Consumer:
         """Messages held right now (received, not yet deleted or handed back)."""
         return len(self._holdings)
 
+    @property
+    def store_available(self) -> bool:
+        """False while the idempotency store is down (intake paused, readiness held back)."""
+        return self._outage.available
+
+    async def prepare(self) -> QueueFacts:
+        """Read and check the queue, once (``run`` does it first): ConfigurationError when it
+        does not exist or cannot be read. Call it in setup to refuse a bad queue before the
+        supervisor reports running (``sqs_worker`` does)."""
+        if self._queue is None:
+            facts = await read_queue(self._client, self.settings)
+            log_queue(facts, self.settings)
+            self._holdings.handback.queue = facts
+            counters = self._holdings.handback.counters
+            if counters is not None:
+                counters.ttl_seconds = facts.retention_seconds
+            self._queue = facts
+        return self._queue
+
+    async def _probe(self) -> None:
+        """One cheap round trip to the store: its ``ping`` (Redis, memory), else a release of a
+        key nobody holds (any store answers that without changing anything)."""
+        store: IdempotencyStore | None = self._store
+        ping = getattr(store, "ping", None)
+        if ping is not None:
+            await ping()
+        elif store is not None and self._keys is not None:
+            await store.release_many([Held(self._keys.stored_key("probe"), 0)])
+
     async def run(self, lifecycle: Lifecycle) -> None:
         """The service: consume until shutdown, drain, release what is left, flush."""
         if self._runner is not None:
@@ -188,43 +255,56 @@ class Consumer:
 
     async def _run(self, lifecycle: Lifecycle) -> None:
         settings = self.settings
-        wait = settings.effective_wait_time_seconds(lifecycle.budget)
-        if wait < settings.wait_time_seconds:
-            logger.warning(
-                "WaitTimeSeconds clamped to fit the drain budget",
-                extra={
-                    "wait_time_seconds": settings.wait_time_seconds,
-                    "effective_wait_time_seconds": wait,
-                    "drain_seconds": lifecycle.budget.drain_seconds,
-                },
+        await self.prepare()
+        self._outage.attach(lifecycle)
+        claimer: Claimer | None = None
+        completions: Completions | None = None
+        if self._idempotency is not None and self._keys is not None:
+            claimer = Claimer(
+                self._keys,
+                holdings=self._holdings,
+                outage=self._outage,
+                lease_seconds=settings.visibility_timeout_seconds,
             )
-        if self._idempotency is not None:
             self._completer = Completer(
                 self._idempotency.store,
                 retention_seconds=self._idempotency.retention_seconds,
                 interval_seconds=settings.flush_interval_seconds,
                 others_running=lambda: self._runner is not None and self._runner.others_running(),
             )
+            completions = Completions(
+                self._completer,
+                store=self._idempotency.store,
+                outage=self._outage,
+                lifecycle=lifecycle,
+                stats=self._holdings.stats,
+                lease_seconds=settings.visibility_timeout_seconds,
+            )
         self._runner = Runner(
             self._holdings,
             lifecycle=lifecycle,
             handler=self._handler,
             batch_handler=self._batch_handler,
-            keys=self._keys,
-            completer=self._completer,
-            backoff=self._backoff,
+            claimer=claimer,
+            completions=completions,
+            outage=self._outage,
             spawn=self._spawn,
         )
         self._lifecycle = lifecycle
         # Whatever the loop does later (blocked, stopped), what is still held goes back then.
-        final = FinalRelease(self._holdings, client=self._client, store=self._store)
+        final = FinalRelease(
+            self._holdings,
+            client=self._client,
+            store=self._store,
+            retention_seconds=self._idempotency.retention_seconds if self._idempotency else 0.0,
+        )
         remove_final_release = lifecycle.add_final_release(final, prepare=final.prepare)
         receiver = self._receiver = Receiver(
             self._client,
             settings=settings,
             slots=self._holdings.slots,
-            wait_time_seconds=wait,
             accept=self._accept,
+            gate=self._outage.wait_available,
         )
         heartbeat = asyncio.create_task(self._holdings.heartbeat.run(), name="sqs-heartbeat")
         if settings.backlog_interval_seconds > 0 and metrics_enabled():
@@ -245,7 +325,7 @@ class Consumer:
                 "queue": settings.queue_name,
                 "concurrency": settings.concurrency,
                 "receivers": len(loops),
-                "wait_time_seconds": wait,
+                "wait_time_seconds": settings.wait_time_seconds,
                 "visibility_timeout_seconds": settings.visibility_timeout_seconds,
                 "fifo": settings.is_fifo,
                 "idempotency": self._idempotency is not None,
@@ -254,14 +334,15 @@ class Consumer:
         self._ready.set()
         self._events.ready()
         ended: BaseException | None = None
+        fatal: BaseException | None = None
         try:
-            await self._until_shutdown(lifecycle, loops)
+            fatal = await self._until_shutdown(lifecycle, loops)
             await self._drain(loops)
         except BaseException as exc:
             ended = exc
             raise
         finally:
-            self._record_drain(lifecycle, ended)
+            self._record_drain(lifecycle, ended or fatal)
             # Reached by a clean drain, a fatal error, or the cancellation at the drain
             # deadline; shielded and bounded by the release deadline either way.
             with lifecycle.cleanup_scope():
@@ -269,13 +350,17 @@ class Consumer:
             if not self._holdings:
                 remove_final_release()
             logger.info("sqs consumer stopped", extra=self.stats.as_dict())
+        if fatal is not None:
+            raise fatal
         if self._runner.stop_error is not None:
             error = self._runner.stop_error
             raise ConsumerError(f"a handler raised {type(error).__name__}: {error}") from error
 
     async def _until_shutdown(
         self, lifecycle: Lifecycle, loops: dict[int, asyncio.Task[None]]
-    ) -> None:
+    ) -> BaseException | None:
+        """Wait for the shutdown, or for a receive loop's fatal error (returned: the shutdown
+        it starts drains the handlers in flight before the consumer raises it)."""
         waiter = asyncio.create_task(lifecycle.wait_shutdown_requested())
         try:
             done, _ = await asyncio.wait(
@@ -284,8 +369,16 @@ class Consumer:
         finally:
             waiter.cancel()
         for task in done:
-            if task is not waiter:
-                task.result()  # a receive loop only ends early on a fatal SqsError: raise it
+            if task is waiter or task.cancelled() or task.exception() is None:
+                continue
+            error = task.exception()
+            logger.error(
+                "sqs receive failed for good: draining the handlers in flight, then stopping",
+                extra={"error": str(error), "held": len(self._holdings)},
+            )
+            lifecycle.request_shutdown(f"sqs consumer: {error}")
+            return error
+        return None
 
     async def _drain(self, loops: dict[int, asyncio.Task[None]]) -> None:
         holdings = self._holdings
@@ -295,16 +388,14 @@ class Consumer:
             "sqs consumer draining",
             extra={"held": len(holdings), "receives_in_flight": len(receiving)},
         )
-        if self.settings.abandon_receive_on_shutdown:
-            self._abandon(loops)
+        # The long poll in flight is not waited for: an idle worker stops at once.
+        self._abandon(loops)
+        # Unstarted: received, waiting for their claim (a store outage) or their turn in a
+        # FIFO group (also one waiting to retry in process).
         unstarted = [item for item in holdings.items() if item.state is MessageState.RECEIVED]
         if unstarted:
             await holdings.release_on_shutdown(unstarted)
-        # Receive loops end once their call returns (bounded: WaitTimeSeconds fits the drain);
-        # what a late receive brings is released by the batch task it starts.
-        for outcome in await asyncio.gather(*loops.values(), return_exceptions=True):
-            if isinstance(outcome, Exception):
-                logger.error("receive failed while draining", exc_info=outcome)
+        await asyncio.gather(*loops.values(), return_exceptions=True)
         while self._tasks:
             await asyncio.wait(set(self._tasks))
 
@@ -336,7 +427,8 @@ class Consumer:
         if abandoned:
             stats.abandoned_receives += abandoned
             logger.warning(
-                "receive abandoned: messages SQS hands it stay hidden up to the visibility timeout",
+                "receive abandoned: messages SQS still hands it stay hidden up to the visibility "
+                "timeout",
                 extra={
                     "abandoned_receives": abandoned,
                     "visibility_timeout_seconds": self.settings.visibility_timeout_seconds,
@@ -363,6 +455,7 @@ class Consumer:
             await self._completer.flush()
         await holdings.settle_leftovers()
         await holdings.heartbeat.stop(heartbeat)
+        await self._outage.aclose()
         await holdings.flush()
 
     def _accept(self, raw: list[MessageTypeDef], sent_at: float) -> None:
@@ -377,3 +470,8 @@ class Consumer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+
+def _counting(store: object) -> CountingStore | None:
+    """The store as a ``CountingStore``, when it keeps counters (Redis and memory do)."""
+    return store if isinstance(store, CountingStore) else None

@@ -1,0 +1,133 @@
+"""Retry delays, failure accounting and the heartbeat's lease rule, without a server."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from fargate_runtime.idempotency import ClaimRequest, Held, ManualClock, MemoryStore
+from fargate_runtime.lifecycle import Lifecycle
+from fargate_runtime.settings import RuntimeSettings
+from fargate_runtime.sqs import AckOutcome, BatchContext, Message, MessageContext, Retry
+from fargate_runtime.sqs._handback import RELEASES, failures_so_far
+from fargate_runtime.sqs._inflight import InFlight
+from fargate_runtime.sqs.heartbeat import Heartbeat
+from fargate_runtime.sqs.message import REQUEUE_ATTRIBUTE
+
+if TYPE_CHECKING:
+    from types_aiobotocore_sqs.type_defs import MessageTypeDef
+
+
+@pytest.mark.parametrize("delay", [-5, -0.1, math.inf, math.nan, -math.inf])
+def test_a_negative_or_non_finite_retry_delay_is_a_clear_error(delay: float) -> None:
+    """``Retry(-5)`` is no silent 0: it raises ValueError naming the delay, so the handler
+    fails with it; so does ``BatchContext.fail``."""
+    with pytest.raises(ValueError, match="delay_seconds must be a finite number of seconds >= 0"):
+        Retry("x", delay_seconds=delay)
+    context = BatchContext(
+        Lifecycle(RuntimeSettings().budget()),
+        contexts={
+            "m": MessageContext(
+                Lifecycle(RuntimeSettings().budget()),
+                message_id="m",
+                idempotency_key=None,
+                fencing_token=None,
+            )
+        },
+    )
+    with pytest.raises(ValueError, match="fail: delay_seconds"):
+        context.fail(Message("m", "{}", "rh"), delay_seconds=delay)
+
+
+def test_a_long_retry_delay_is_kept_for_the_consumer_to_clamp() -> None:
+    """A delay beyond 12 h is accepted by Retry (the consumer clamps it per message)."""
+    assert Retry("later", delay_seconds=50_000).delay_seconds == 50_000
+    assert Retry("soon", delay_seconds=0).delay_seconds == 0
+    assert Retry("default").delay_seconds is None
+
+
+def received(receive_count: int, *, earlier: int = 0) -> InFlight:
+    """A held message at its ``receive_count``-th receive, copied after ``earlier`` failures."""
+    raw: MessageTypeDef = {
+        "MessageId": "m-1",
+        "ReceiptHandle": "rh",
+        "Body": "{}",
+        "Attributes": {"ApproximateReceiveCount": str(receive_count)},
+    }
+    if earlier:
+        raw["MessageAttributes"] = {
+            REQUEUE_ATTRIBUTE: {"DataType": "String", "StringValue": f"{earlier} m-0"}
+        }
+    return InFlight.received(Message.from_response(raw), sent_at=0.0, visibility_seconds=10)
+
+
+def test_runtime_hand_backs_do_not_count_as_failures() -> None:
+    """Five receives, four of them ended by the runtime (``r`` = 4 after this one's): no
+    failure; a killed worker's delivery (no word) counts as one."""
+    assert failures_so_far(received(5), {RELEASES: 5}, delivery_open=False) == 0
+    assert failures_so_far(received(5), {RELEASES: 4}, delivery_open=False) == 1
+    assert failures_so_far(received(3), {}, delivery_open=False) == 3
+
+
+def test_a_copy_carries_its_earlier_failures_and_in_process_ones_add() -> None:
+    """A copy starts at receive 1 with the failures of its original; FIFO retries add up."""
+    copy = received(1, earlier=2)
+    assert copy.message.earlier_failures == 2
+    assert copy.message.first_message_id == "m-0"
+    assert REQUEUE_ATTRIBUTE not in copy.message.attributes
+    assert failures_so_far(copy, {}, delivery_open=False) == 3
+    fifo = received(2)
+    fifo.failures_in_process = 3  # counted here before the store's answer came back
+    assert failures_so_far(fifo, {RELEASES: 1}, delivery_open=True) == 3
+
+
+class RecordingVisibility:
+    """Stands in for the visibility buffer: records the extensions asked for."""
+
+    def __init__(self) -> None:
+        self.changes: list[tuple[str, int]] = []
+
+    async def change_now(self, changes: list[tuple[str, str, int]], **_: Any) -> list[AckOutcome]:
+        self.changes.extend((message_id, seconds) for message_id, _, seconds in changes)
+        return [AckOutcome.DONE] * len(changes)
+
+
+async def test_a_lost_lease_stops_the_heartbeat_for_that_message() -> None:
+    """Once a renewal is refused the message is marked lost and never extended again; the
+    others are renewed and extended as usual."""
+    clock = ManualClock()
+    store = MemoryStore(clock=clock)
+    now = [100.0]
+    visibility = RecordingVisibility()
+    heartbeat = Heartbeat(
+        visibility,  # type: ignore[arg-type]
+        store=store,
+        visibility_timeout_seconds=10,
+        extend_below_seconds=5,
+        tick_seconds=1,
+        clock=lambda: now[0],
+    )
+    items = []
+    for name in ("kept", "lost"):
+        item = InFlight.received(Message(name, "{}", f"rh-{name}"), sent_at=now[0], visibility_seconds=10)
+        (claim,) = await store.claim_many(
+            [ClaimRequest(f"p:s:{name}", "fp")], owner=name, lease_seconds=10
+        )
+        assert claim.token is not None
+        item.held = Held(f"p:s:{name}", claim.token)
+        heartbeat.track(item)
+        items.append(item)
+    kept, lost = items
+    assert lost.held is not None
+    await store.release_many([lost.held])  # its lease ran out; someone else may take the key
+    now[0] += 6
+    await heartbeat.beat()
+    assert lost.lease_lost
+    assert not kept.lease_lost
+    assert visibility.changes == [("kept", 10)]
+    now[0] += 6
+    await heartbeat.beat()
+    assert visibility.changes == [("kept", 10), ("kept", 10)]
+    assert heartbeat.lost == 1
