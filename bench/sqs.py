@@ -138,7 +138,7 @@ async def _ours_requests(endpoint: str, redis_url: str) -> float:
         async def handle(message: Message, context: MessageContext) -> None:
             """A no-op handler."""
 
-        settings = SqsSettings(queue_url=queue, abandon_receive_on_shutdown=True)
+        settings = SqsSettings(queue_url=queue)
         consumer = Consumer(
             handle,
             client=client,
@@ -271,7 +271,6 @@ async def _overhead(redis_url: str, *, detector: bool = False) -> float:
         settings=SqsSettings(
             queue_url="https://sqs.bench.invalid/1/stub",
             concurrency=OVERHEAD_CONCURRENCY,
-            abandon_receive_on_shutdown=True,
         ),
         idempotency=Idempotency(RedisStore(redis_client), prefix=prefix, retention_seconds=600),
         key=json_field("event_id"),
@@ -366,7 +365,6 @@ def _worker_start(endpoint: str, redis_url: str, ledger: Path) -> tuple[float, f
         **os.environ,
         **sqs_environment(endpoint),
         "FARGATE_RUNTIME_SQS_QUEUE_URL": queue,
-        "FARGATE_RUNTIME_SQS_ABANDON_RECEIVE_ON_SHUTDOWN": "true",
         "REDIS_URL": redis_url,
         "PAYMENTS_LEDGER_PATH": str(ledger),
         "PYTHONUNBUFFERED": "1",

@@ -223,9 +223,7 @@ def check_environment(environ: Mapping[str, str] | None = None) -> None:
     for name in sorted(ours):
         upper = name.upper()
         if upper in RETIRED_VARIABLES:
-            logger.warning(
-                "%s is no longer used: %s; remove it", name, RETIRED_VARIABLES[upper]
-            )
+            logger.warning("%s is no longer used: %s; remove it", name, RETIRED_VARIABLES[upper])
         elif upper not in known:
             unknown.append(name)
     if not unknown:

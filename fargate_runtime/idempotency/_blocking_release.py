@@ -105,9 +105,7 @@ def complete_blocking(
     try:
         reply = sync.eval(COMPLETE.body, len(keys), *keys, retention_ms, tokens, *results)
     except (redis.RedisError, OSError) as exc:
-        logger.warning(
-            "completions not recorded", extra={"count": len(keys), "error": repr(exc)}
-        )
+        logger.warning("completions not recorded", extra={"count": len(keys), "error": repr(exc)})
         return None
     finally:
         sync.close()

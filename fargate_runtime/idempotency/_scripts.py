@@ -278,7 +278,5 @@ def counts(reply: list[bytes]) -> list[dict[str, int]]:
     decoded = []
     for entry in reply:
         words = entry.split()
-        decoded.append(
-            {words[i].decode(): int(words[i + 1]) for i in range(0, len(words) - 1, 2)}
-        )
+        decoded.append({words[i].decode(): int(words[i + 1]) for i in range(0, len(words) - 1, 2)})
     return decoded

@@ -39,10 +39,9 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from ..errors import StoreUnavailableError
 from . import _limits
-from ._blocking_release import release_blocking
+from ._blocking_release import complete_blocking, release_blocking
 from ._eviction import EvictionCheck
 from ._loop import LoopBinding
-from ._blocking_release import complete_blocking
 from ._scripts import CLAIM, COMPLETE, COUNT, RELEASE, RENEW, Script, claim_results, counts, flags
 from ._slots import fence_key, group_by_slot
 from ._store import ClaimResult, ClaimStatus, Held, StoreBase

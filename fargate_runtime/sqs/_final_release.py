@@ -95,7 +95,7 @@ class FinalRelease:
         """Release what is held, delete what is finished, within about ``seconds``."""
         deadline = time.monotonic() + seconds
         held = self._holdings.snapshot()
-        recorded, refused = self._record(
+        recorded, _ = self._record(
             [i for i in held if i.succeeded and not i.completed and not i.lease_lost], deadline
         )
         finished = [item for item in held if item.completed or item in recorded]

@@ -17,9 +17,9 @@ from ..errors import StoreUnavailableError
 from ..telemetry import Disposition, ErrorType, tracing_enabled
 from ..telemetry._instruments import ConsumerCounts, ConsumerMetrics
 from ..telemetry._messages import MessageSpans, end_message_span
+from ._handback import Handback
 from ._inflight import InFlight, MessageState
 from ._receiver import Slots
-from ._handback import Handback
 from .acks import DeleteBuffer, VisibilityBuffer
 from .backoff import Backoff
 from .events import Events, MessageOutcome
@@ -229,7 +229,9 @@ class Holdings:
     def dead_lettered(self, item: InFlight) -> None:
         """``item`` was sent to the DLQ by the runtime: delete the original."""
         self.stats.dead_lettered += 1
-        self.delete(item, outcome=MessageOutcome.DEAD_LETTERED, disposition=Disposition.DEAD_LETTERED)
+        self.delete(
+            item, outcome=MessageOutcome.DEAD_LETTERED, disposition=Disposition.DEAD_LETTERED
+        )
 
     def back_off(self, item: InFlight, *, seconds: int, outcome: MessageOutcome) -> None:
         """Make a message visible again in ``seconds`` (queued) and free its slot."""

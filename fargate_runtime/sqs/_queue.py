@@ -43,7 +43,13 @@ START_TIMEOUT_SECONDS = 15.0
 _RETRY_FIRST_SECONDS = 0.5
 _RETRY_CAP_SECONDS = 4.0
 _DEFAULT_RETENTION_SECONDS = 4 * 24 * 3600  # SQS's default retention period
-_ATTRIBUTES = ["QueueArn", "FifoQueue", "VisibilityTimeout", "MessageRetentionPeriod", "RedrivePolicy"]
+_ATTRIBUTES = [
+    "QueueArn",
+    "FifoQueue",
+    "VisibilityTimeout",
+    "MessageRetentionPeriod",
+    "RedrivePolicy",
+]
 _SETTING = f"{SQS_ENV_PREFIX}QUEUE_URL"
 
 

@@ -337,11 +337,12 @@ class Runner:
 
     async def _lost(self, item: InFlight) -> None:
         """Someone else holds the key now: not completed, not deleted; back after a delay."""
-        self._stats.lease_lost += 1
-        item.lease_lost = True
+        await self._holdings.heartbeat.untrack(item)  # a beat in progress may find it first
         item.fail(ErrorType.COMPLETION_REFUSED)
-        logger.warning("completion refused; message handed back", extra=item.log_fields())
-        await self._holdings.heartbeat.untrack(item)
+        if not item.lease_lost:  # else the heartbeat counted and logged it
+            item.lease_lost = True
+            self._stats.lease_lost += 1
+            logger.warning("completion refused; message handed back", extra=item.log_fields())
         await self._handback.deferred([item], seconds=self._settings.in_progress_delay_seconds)
 
     async def fail(self, items: list[InFlight], delays: Mapping[str, float | None]) -> None:

@@ -53,7 +53,6 @@ from ._outage import StoreOutage
 from ._queue import QueueFacts, log_queue, read_queue
 from ._receiver import Receiver
 from ._running import Runner
-from .backoff import Backoff
 from .claims import MessageKeys, body_fingerprint
 from .events import Events
 
@@ -66,6 +65,7 @@ if TYPE_CHECKING:
 
     from ..idempotency import Idempotency, IdempotencyStore
     from ..lifecycle import Lifecycle
+    from .backoff import Backoff
     from .claims import FingerprintFunction, KeyFunction
     from .context import BatchHandler, Handler
     from .events import EventHook

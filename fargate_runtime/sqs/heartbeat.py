@@ -191,6 +191,8 @@ class Heartbeat:
             if ok:
                 self.renewals += 1
                 continue
+            if item.lease_lost:
+                continue  # its completion was refused meanwhile: counted and logged there
             item.lease_lost = True
             self.lost += 1
             self._tracked.pop(item.message_id, None)  # no further extension of it

@@ -111,7 +111,9 @@ async def test_a_lost_lease_stops_the_heartbeat_for_that_message() -> None:
     )
     items = []
     for name in ("kept", "lost"):
-        item = InFlight.received(Message(name, "{}", f"rh-{name}"), sent_at=now[0], visibility_seconds=10)
+        item = InFlight.received(
+            Message(name, "{}", f"rh-{name}"), sent_at=now[0], visibility_seconds=10
+        )
         (claim,) = await store.claim_many(
             [ClaimRequest(f"p:s:{name}", "fp")], owner=name, lease_seconds=10
         )

@@ -69,7 +69,7 @@ def test_defaults_keep_a_full_long_poll_and_a_short_visibility() -> None:
 def test_a_queue_name_or_arn_is_refused_as_the_queue_url(monkeypatch: pytest.MonkeyPatch) -> None:
     """The queue URL must be a URL: a name or an ARN is refused at start, naming the variable."""
     monkeypatch.setenv("FARGATE_RUNTIME_SQS_QUEUE_URL", "arn:aws:sqs:us-east-1:1:payments")
-    with pytest.raises(ConfigurationError, match="FARGATE_RUNTIME_SQS_QUEUE_URL: .*queue's URL"):
+    with pytest.raises(ConfigurationError, match=r"FARGATE_RUNTIME_SQS_QUEUE_URL: .*queue's URL"):
         load_settings(SqsSettings)
 
 
@@ -153,7 +153,7 @@ def test_deduplication_id_key_is_refused_on_a_standard_queue() -> None:
     construction, naming the queue URL variable; on a FIFO queue it is accepted."""
     client: SQSClient = object()  # type: ignore[assignment]
     idempotency = Idempotency(MemoryStore(), prefix="p")
-    with pytest.raises(ConfigurationError, match="FARGATE_RUNTIME_SQS_QUEUE_URL .* standard"):
+    with pytest.raises(ConfigurationError, match=r"FARGATE_RUNTIME_SQS_QUEUE_URL .* standard"):
         Consumer(
             handle,
             client=client,

@@ -43,7 +43,7 @@ def test_every_unknown_variable_is_named_once() -> None:
 
 def test_known_names_pass_in_any_case_and_other_variables_are_ignored() -> None:
     """Every setting's variable passes (also in lower case, as settings read it); others pass."""
-    environ = {name: "1" for name in known_variables()}
+    environ = dict.fromkeys(known_variables(), "1")
     environ["fargate_runtime_log_level"] = "INFO"
     environ["PAYMENTS_LEDGER_PATH"] = "x"
     check_environment(environ)

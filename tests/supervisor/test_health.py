@@ -53,10 +53,10 @@ async def test_readiness_held_back_by_a_service_says_why() -> None:
     lifecycle._set_phase(Phase.RUNNING)
     async with HealthServer(lifecycle, host="127.0.0.1", port=0) as server:
         assert server.port is not None
-        lifecycle.set_unready("sqs-consumer", "idempotency store unavailable: Redis – timeout")
+        lifecycle.set_unready("sqs-consumer", "idempotency store unavailable: Redis \u2013 timeout")
         assert await get_body(server.port, "/readyz") == (
             503,
-            "sqs-consumer: idempotency store unavailable: Redis – timeout",
+            "sqs-consumer: idempotency store unavailable: Redis \u2013 timeout",
         )
         assert await get(server.port, "/healthz") == 200
         lifecycle.set_unready("sqs-consumer", None)
