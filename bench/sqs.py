@@ -24,6 +24,9 @@
 - ``idle_rss_mb`` and ``start_to_ready_seconds``: the example worker under
   ``fargate-runtime run``, from process start to the consumer's "sqs consumer started" line,
   then its resident set after a moment idle. Targets <= 90 MB and <= 1.5 s.
+- ``idle_stop_seconds`` and ``killed_worker_messages_back_seconds``: an idle worker's SIGTERM
+  to exit, and a SIGKILLed worker's messages back in the queue, beside a hand-written loop
+  (``_sqs_stops``). Targets <= 1 s and <= the 10 s receive visibility.
 
 Writes ``bench/results/sqs.json``. Traffic goes to 127.0.0.1 only. Queues stay shallow (moto
 slows down linearly with queue depth).
@@ -59,6 +62,8 @@ from fargate_runtime.settings import ShutdownBudget
 from fargate_runtime.sqs import Consumer, Message, MessageContext, SqsSettings, json_field
 from fargate_runtime.telemetry import Telemetry, TelemetrySettings
 
+from ._sqs_stops import stop_figures
+
 RESULTS = Path(__file__).parent / "results" / "sqs.json"
 REPO = Path(__file__).resolve().parent.parent
 BUSY_MESSAGES = 300
@@ -72,6 +77,8 @@ TARGETS = {
     "idle_rss_mb": 90,
     "start_to_ready_seconds": 1.5,
     "detector_cost_percent": 2,
+    "idle_stop_seconds": 1,
+    "killed_worker_messages_back_seconds": 10,
 }
 BUDGET = ShutdownBudget(
     stop_timeout_seconds=30, margin_seconds=2, drain_seconds=23, release_seconds=2, close_seconds=3
@@ -425,6 +432,7 @@ def main() -> dict[str, object]:
                 _worker_start(endpoint, redis_url, Path(scratch) / f"ledger{i}.sqlite3")
                 for i in range(STARTS)
             ]
+            stops = stop_figures(endpoint, redis_url, Path(scratch))
     results: dict[str, object] = {
         "requests_per_message": {name: round(value, 3) for name, value in requests.items()},
         "overhead_messages_per_second": round(statistics.median(overhead["wall"])),
@@ -455,6 +463,7 @@ def main() -> dict[str, object]:
         ],
         "idle_rss_mb": round(statistics.median(rss for _, rss in starts), 1),
         "start_to_ready_seconds": round(statistics.median(ready for ready, _ in starts), 3),
+        **stops,
         "targets": TARGETS,
         "settings": {
             "busy_queue_messages": BUSY_MESSAGES,
@@ -490,6 +499,12 @@ def _print(results: dict[str, Any]) -> None:
     )
     print(f"idle worker RSS: {results['idle_rss_mb']} MB")
     print(f"start to ready:  {results['start_to_ready_seconds']} s")
+    for name in ("idle_stop_seconds", "killed_worker_messages_back_seconds"):
+        figure = results[name]
+        print(
+            f"{name}: {figure['fargate_runtime']} s; hand-written loop {figure['plain_loop']} s "
+            f"({figure['ratio']}x)"
+        )
     print(f"targets: {results['targets']}")
 
 

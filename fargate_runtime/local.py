@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -166,6 +167,16 @@ class RedisServer(_Process):
         """Stop and start again on the same port, empty."""
         self.stop()
         self.start()
+
+    def pause(self) -> None:
+        """Stop answering (SIGSTOP), data kept: connections open, commands wait unanswered."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Answer again after ``pause`` (SIGCONT), with everything it held."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)
 
     def close(self) -> None:
         """Stop and remove the working directory."""

@@ -8,6 +8,8 @@ processes, whose timing varies. Everything random is drawn here, from one ``rand
                    which bodies are malformed, and when each is due to be sent
     interruptions  when, which worker slot, SIGTERM (Spot's warning) or SIGKILL (hard kill)
     redis restart  when (half way through the sending), if asked for
+    redis outage   when (a quarter of the way through the sending) and for how long: Redis
+                   stops answering (paused, its data kept), if asked for
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ class DrillConfig:
     # cancellation, or charges from a thread) for longer than the stop timeout.
     misbehave_share: float = 0.0
     restart_redis: bool = False
+    # Redis stops answering (paused, data kept) for this long, a quarter into the sending.
+    redis_outage_seconds: float = 0.0
     stop_timeout_seconds: float = 10.0
     worker: str = DEFAULT_WORKER
     seed: int = 1
@@ -84,6 +88,8 @@ class DrillConfig:
             found.append("--events-per-second must be positive")
         if not 0 < self.interrupt_min_seconds <= self.interrupt_max_seconds:
             found.append("--interrupt-every needs 0 < MIN <= MAX")
+        if not 0 <= self.redis_outage_seconds <= 600:
+            found.append("--redis-outage-seconds must be between 0 and 600")
         if self.first_interrupt_seconds < 0:
             found.append("--first-interrupt must not be negative")
         if not 1 <= self.max_receive_count <= 1000:
@@ -122,6 +128,8 @@ class Plan:
     messages: tuple[PlannedMessage, ...]
     interruptions: tuple[Interruption, ...]
     redis_restart_at_seconds: float | None
+    redis_outage_at_seconds: float | None = None
+    redis_outage_seconds: float = 0.0
 
     @property
     def unique_event_ids(self) -> frozenset[str]:
@@ -137,6 +145,15 @@ class Plan:
     def malformed(self) -> int:
         """Messages with a body the worker cannot read."""
         return sum(1 for m in self.messages if m.event_id is None)
+
+    @property
+    def private_redis_flag(self) -> str | None:
+        """The flag that needs a Redis the drill owns (it restarts or pauses it), if any."""
+        if self.redis_restart_at_seconds is not None:
+            return "--restart-redis"
+        if self.redis_outage_at_seconds is not None:
+            return "--redis-outage-seconds"
+        return None
 
     @property
     def sending_seconds(self) -> float:
@@ -209,7 +226,8 @@ def build_plan(config: DrillConfig) -> Plan:
         interruptions.append(Interruption(round(at, 3), rng.randrange(config.workers), hard))
         at += rng.uniform(config.interrupt_min_seconds, config.interrupt_max_seconds)
     restart = round(sending / 2, 3) if config.restart_redis else None
-    return Plan(messages, tuple(interruptions), restart)
+    outage = round(sending / 4, 3) if config.redis_outage_seconds > 0 else None
+    return Plan(messages, tuple(interruptions), restart, outage, config.redis_outage_seconds)
 
 
 def expected_interruptions(config: DrillConfig) -> int:

@@ -23,13 +23,13 @@ from .events import MessageOutcome
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from ..idempotency import ClaimRequest
+    from ..idempotency import ClaimRequest, IdempotencyStore
     from ._holdings import Holdings
     from ._inflight import InFlight
     from ._outage import StoreOutage
     from .claims import MessageKeys
 
-__all__ = ["Claimer", "Verdict"]
+__all__ = ["Claimer", "Verdict", "claim_again"]
 
 logger = logging.getLogger("fargate_runtime.sqs.consumer")
 
@@ -161,3 +161,34 @@ class Claimer:
             "it will be retried, then dead-lettered",
             extra={**item.log_fields(), "receive_count": item.message.receive_count},
         )
+
+
+async def claim_again(
+    store: IdempotencyStore, items: Sequence[InFlight], *, lease_seconds: float
+) -> dict[InFlight, ClaimStatus]:
+    """Claim the keys of ``items`` again, each as its own delivery, after a renewal or a
+    completion was refused: our record is gone (it expired while the loop was blocked or the
+    store was down, or Redis restarted empty). ACQUIRED: the key is ours again (``held`` has the
+    new token) and nobody ran the work meanwhile; anything else: someone else holds it, or
+    recorded it done. One round trip; StoreUnavailableError as the store raises it."""
+    asking = [item for item in items if item.request is not None]
+    if not asking:
+        return {}
+    requests = [item.request for item in asking if item.request is not None]
+    results = await store.claim_many(
+        requests,
+        owner=requests[0].owner or "",
+        lease_seconds=lease_seconds,
+    )
+    answers: dict[InFlight, ClaimStatus] = {}
+    for item, request, result in zip(asking, requests, results, strict=True):
+        answers[item] = result.status
+        if result.status is ClaimStatus.ACQUIRED and result.token is not None:
+            if item.held is None or item.held.token != result.token:
+                logger.info(
+                    "claim ran out while the worker could not renew it, and nobody took the "
+                    "key: claimed again",
+                    extra={**item.log_fields(), "fencing_token": result.token},
+                )
+            item.held = Held(request.key, result.token)
+    return answers

@@ -9,11 +9,11 @@ again), while the message stays held and its visibility extended::
       complete(token) --ok--> delete
         | store error: the outage begins (intake paused); retry after 0.1, 0.2 ... 2 s, or at
         |              once when the store answers again
-        | refused with no store error before: the lease was lost (someone else holds the key):
-        |              not deleted, handed back (DESIGN: never complete or delete after that)
-        | refused after store errors: the lease ran out during the outage, or Redis restarted
-        |              empty: the key is claimed again by this delivery's owner and completed
-        |              (COMPLETED: someone recorded it; IN_PROGRESS: someone holds it: lost)
+        | refused: our record is gone (it ran out while the store was down or the loop
+        |              blocked, or Redis restarted empty) or someone else's: the key is
+        |              claimed again as this delivery; free, it is ours again and completed;
+        |              COMPLETED: someone recorded it (delete); IN_PROGRESS: someone else holds
+        |              it: the lease is lost, the message handed back, not deleted
       shutdown, store still down at the drain deadline: not recorded; the message is deleted
       anyway (the work is done; only a later duplicate could run it again)
 """
@@ -26,14 +26,15 @@ import logging
 from typing import TYPE_CHECKING
 
 from ..errors import StoreUnavailableError
-from ..idempotency import ClaimStatus, Completion, Held
+from ..idempotency import ClaimStatus, Completion
+from ._claiming import claim_again
 from ._outage import first_of
 from .settings import MAX_BATCH
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ..idempotency import IdempotencyStore
+    from ..idempotency import Held, IdempotencyStore
     from ..lifecycle import Lifecycle
     from ._holdings import ConsumerStats
     from ._inflight import InFlight
@@ -142,15 +143,22 @@ class Completions:
 
     def __init__(
         self,
-        completer: Completer,
-        *,
         store: IdempotencyStore,
+        *,
+        retention_seconds: float,
+        interval_seconds: float,
+        others_running: Callable[[], bool],
         outage: StoreOutage,
         lifecycle: Lifecycle,
         stats: ConsumerStats,
         lease_seconds: float,
     ) -> None:
-        self.completer = completer
+        self.completer = Completer(
+            store,
+            retention_seconds=retention_seconds,
+            interval_seconds=interval_seconds,
+            others_running=others_running,
+        )
         self._store = store
         self._outage = outage
         self._lifecycle = lifecycle
@@ -160,49 +168,31 @@ class Completions:
     async def record(self, item: InFlight) -> Recorded:
         """Complete ``item``'s claim, retrying what the store failed (see the module docstring)."""
         delay = _RETRY_FIRST_SECONDS
-        store_failed = False
+        claimed_again = False
         while item.held is not None:
             item.completion = self.completer.complete(item.held)
             try:
                 # Shielded: if the handler's task is cancelled now, the answer is still read
                 # by the final release (``InFlight.completed``).
-                if await asyncio.shield(item.completion):
-                    self._outage.answered()
-                    return Recorded.RECORDED
+                recorded = await asyncio.shield(item.completion)
                 self._outage.answered()
-                if not store_failed:
+                if recorded:
+                    return Recorded.RECORDED
+                if claimed_again:
                     return Recorded.LOST
-                # Refused after store errors: our record expired meanwhile, or Redis restarted.
-                store_failed = False  # a refusal of the claim taken again is a real loss
-                claimed = await self._claim_again(item)
-                if claimed is not None:
-                    return claimed
+                # Refused: our record is gone (it expired while we could not renew it) or
+                # someone else's. Take it again if it is free; never complete someone else's.
+                claimed_again = True
+                status = (await claim_again(self._store, [item], lease_seconds=self._lease))[item]
+                if status is ClaimStatus.COMPLETED:
+                    return Recorded.RECORDED
+                if status is not ClaimStatus.ACQUIRED:
+                    return Recorded.LOST
             except StoreUnavailableError as exc:
                 self._outage.failed(exc)
-                store_failed = True
                 self._stats.completion_retries += 1
                 if self._lifecycle.drain_seconds_left() <= delay + _RETRY_CAP_SECONDS:
                     return Recorded.UNRECORDED
                 await first_of(asyncio.sleep(delay), self._outage.wait_available())
                 delay = min(_RETRY_CAP_SECONDS, delay * 2)
-        return Recorded.LOST
-
-    async def _claim_again(self, item: InFlight) -> Recorded | None:
-        """Take the key again as this delivery: None when it is ours (``item.held`` updated:
-        complete it next), else how the completion ends."""
-        request = item.request
-        if request is None or request.owner is None:
-            return Recorded.LOST
-        (result,) = await self._store.claim_many(
-            [request], owner=request.owner, lease_seconds=self._lease
-        )
-        if result.status is ClaimStatus.COMPLETED:
-            return Recorded.RECORDED
-        if result.status is ClaimStatus.ACQUIRED and result.token is not None:
-            logger.info(
-                "claim expired while the store was down: claimed again to record the completion",
-                extra=item.log_fields(),
-            )
-            item.held = Held(request.key, result.token)
-            return None
         return Recorded.LOST

@@ -35,7 +35,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ..errors import StoreUnavailableError
-from ..idempotency import CountChange
+from ..idempotency import CountChange, CountingStore
 from ._inflight import MessageState
 from ._queue import QueueFacts
 from ._requeue import Requeue
@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 
     from types_aiobotocore_sqs import SQSClient
 
-    from ..idempotency import CountingStore
     from ._holdings import Holdings
     from ._inflight import InFlight
     from .backoff import Backoff
@@ -74,6 +73,24 @@ def failures_so_far(item: InFlight, counts: Mapping[str, int], *, delivery_open:
 class DeliveryCounters:
     """``r`` and ``f`` of each message, in a ``CountingStore``; advisory: a store that fails
     answers nothing (logged, reported) and the message is judged as SQS would judge it."""
+
+    @classmethod
+    def of(
+        cls,
+        store: object,
+        *,
+        key: Callable[[str], str],
+        on_store_error: Callable[[BaseException], None],
+    ) -> DeliveryCounters | None:
+        """Counters in ``store`` when it keeps them (the Redis and memory stores do)."""
+        if not isinstance(store, CountingStore):
+            return None
+        return cls(
+            store,
+            key=key,
+            ttl_seconds=QueueFacts.DEFAULT_RETENTION_SECONDS,
+            on_store_error=on_store_error,
+        )
 
     def __init__(
         self,

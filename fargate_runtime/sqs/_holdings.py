@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import StoreUnavailableError
 from ..telemetry import Disposition, ErrorType, tracing_enabled
+from ..telemetry._core import error_type_of
 from ..telemetry._instruments import ConsumerCounts, ConsumerMetrics
 from ..telemetry._messages import MessageSpans, end_message_span
 from ._handback import Handback
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from types_aiobotocore_sqs.type_defs import MessageTypeDef
 
     from ..idempotency import IdempotencyStore
+    from ..lifecycle import Lifecycle
     from .settings import SqsSettings
 
 __all__ = ["ConsumerStats", "Holdings"]
@@ -319,6 +321,18 @@ class Holdings:
                 "handler still running after its cancellation; message held until the process ends",
                 extra={"message_id": item.message_id, "in_thread": item.work.threads_running},
             )
+
+    def record_drain(self, lifecycle: Lifecycle, ended: BaseException | None) -> None:
+        """This queue's drain duration, from the shutdown request (none without one)."""
+        deadlines = lifecycle.deadlines
+        if deadlines is None:
+            return
+        error_type = None
+        if isinstance(ended, asyncio.CancelledError):
+            error_type = ErrorType.DRAIN_DEADLINE.value
+        elif ended is not None:
+            error_type = error_type_of(ended)
+        self.metrics.record_drain(lifecycle.now() - deadlines.requested_at, error_type=error_type)
 
     async def flush(self) -> None:
         """Send every queued delete and visibility change and wait for their outcomes."""

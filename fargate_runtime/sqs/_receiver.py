@@ -113,6 +113,44 @@ class Receiver:
         self.receiving: dict[int, int] = {}
         self.receives = 0
         self.empty_receives = 0
+        self.loops: dict[int, asyncio.Task[None]] = {}
+
+    def start(self) -> None:
+        """Start the ``receiver_count`` loops."""
+        self.loops = {
+            index: asyncio.create_task(self.loop(index), name=f"sqs-receive-{index}")
+            for index in range(self._settings.receiver_count)
+        }
+
+    async def until(self, shutdown: asyncio.Task[None]) -> BaseException | None:
+        """Wait for ``shutdown``, or for a loop's fatal error (returned, not raised: the
+        consumer drains what is in flight before it raises it)."""
+        done, _ = await asyncio.wait(
+            {shutdown, *self.loops.values()}, return_when=asyncio.FIRST_COMPLETED
+        )
+        for task in done:
+            if task is not shutdown and not task.cancelled():
+                error = task.exception()
+                if error is not None:
+                    return error
+        return None
+
+    def abandon(self) -> tuple[int, int]:
+        """Cancel every loop where it is; (receive calls abandoned on their way, messages they
+        could still take: SQS may hand them to the abandoned request)."""
+        abandoned = hidden = 0
+        for index, task in self.loops.items():
+            if task.done():
+                continue
+            if index in self.receiving:
+                abandoned += 1
+                hidden += self.receiving[index]
+            task.cancel()
+        return abandoned, hidden
+
+    async def stopped(self) -> None:
+        """Wait for every loop to end (after ``abandon``)."""
+        await asyncio.gather(*self.loops.values(), return_exceptions=True)
 
     def _request(self, count: int, attempt_id: str | None) -> ReceiveMessageRequestTypeDef:
         request: ReceiveMessageRequestTypeDef = {

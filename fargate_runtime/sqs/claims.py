@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from ..errors import MalformedMessageError
+from ..errors import ConfigurationError, MalformedMessageError
 from ..idempotency import MAX_KEY_LENGTH, ClaimRequest, Idempotency, delivery_owner, fingerprint
 
 if TYPE_CHECKING:
@@ -24,6 +24,7 @@ __all__ = [
     "KeyFunction",
     "MessageKeys",
     "body_fingerprint",
+    "check_key_for",
     "deduplication_id",
     "json_field",
     "message_attribute",
@@ -85,6 +86,17 @@ class _DeduplicationId:
 def deduplication_id() -> KeyFunction:
     """Key from ``MessageDeduplicationId`` (FIFO queues only: refused on a standard queue)."""
     return _DeduplicationId()
+
+
+def check_key_for(key: KeyFunction | None, *, fifo: bool, queue_url: str) -> None:
+    """ConfigurationError when ``key`` reads what this queue's messages do not carry."""
+    if getattr(key, "fifo_only", False) and not fifo:
+        raise ConfigurationError(
+            f"key=deduplication_id() reads MessageDeduplicationId, which only FIFO queues have: "
+            f"FARGATE_RUNTIME_SQS_QUEUE_URL {queue_url} is a standard queue (every message "
+            "would be malformed); key its messages by a field (json_field) or an attribute "
+            "(message_attribute)"
+        )
 
 
 def body_fingerprint(message: Message) -> str:

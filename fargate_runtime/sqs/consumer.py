@@ -39,9 +39,8 @@ import logging
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigurationError, ConsumerError
-from ..idempotency import CountingStore, Held
-from ..telemetry import ErrorType, metrics_enabled
-from ..telemetry._core import error_type_of
+from ..idempotency import Held
+from ..telemetry import metrics_enabled
 from ._backlog import BacklogSampler
 from ._claiming import Claimer
 from ._completion import Completer, Completions
@@ -53,7 +52,7 @@ from ._outage import StoreOutage
 from ._queue import QueueFacts, log_queue, read_queue
 from ._receiver import Receiver
 from ._running import Runner
-from .claims import MessageKeys, body_fingerprint
+from .claims import MessageKeys, body_fingerprint, check_key_for
 from .events import Events
 
 if TYPE_CHECKING:
@@ -126,13 +125,7 @@ class Consumer:
             raise ConfigurationError(
                 "idempotency and key go together: where does the key come from?"
             )
-        if getattr(key, "fifo_only", False) and not settings.is_fifo:
-            raise ConfigurationError(
-                f"key=deduplication_id() reads MessageDeduplicationId, which only FIFO queues "
-                f"have: FARGATE_RUNTIME_SQS_QUEUE_URL {settings.queue_url} is a standard queue "
-                "(every message would be malformed); key its messages by a field "
-                "(json_field) or an attribute (message_attribute)"
-            )
+        check_key_for(key, fifo=settings.is_fifo, queue_url=settings.queue_url)
         self.settings = settings
         self._client = client
         self._handler = handler
@@ -156,13 +149,9 @@ class Consumer:
             backoff=backoff,
             on_store_error=self._outage.failed,
         )
-        counting = _counting(store)
-        if counting is not None and self._keys is not None:
-            self._holdings.handback.counters = DeliveryCounters(
-                counting,
-                key=self._keys.counter_key,
-                ttl_seconds=QueueFacts.assumed(settings).retention_seconds,
-                on_store_error=self._outage.failed,
+        if self._keys is not None:
+            self._holdings.handback.counters = DeliveryCounters.of(
+                store, key=self._keys.counter_key, on_store_error=self._outage.failed
             )
         self._queue: QueueFacts | None = None
         self._ready = asyncio.Event()
@@ -266,20 +255,17 @@ class Consumer:
                 outage=self._outage,
                 lease_seconds=settings.visibility_timeout_seconds,
             )
-            self._completer = Completer(
+            completions = Completions(
                 self._idempotency.store,
                 retention_seconds=self._idempotency.retention_seconds,
                 interval_seconds=settings.flush_interval_seconds,
                 others_running=lambda: self._runner is not None and self._runner.others_running(),
-            )
-            completions = Completions(
-                self._completer,
-                store=self._idempotency.store,
                 outage=self._outage,
                 lifecycle=lifecycle,
                 stats=self._holdings.stats,
                 lease_seconds=settings.visibility_timeout_seconds,
             )
+            self._completer = completions.completer
         self._runner = Runner(
             self._holdings,
             lifecycle=lifecycle,
@@ -315,16 +301,13 @@ class Consumer:
                 metrics=self._holdings.metrics,
             )
             self._backlog = asyncio.create_task(sampler.run(), name="sqs-backlog")
-        loops = {
-            index: asyncio.create_task(receiver.loop(index), name=f"sqs-receive-{index}")
-            for index in range(settings.receiver_count)
-        }
+        receiver.start()
         logger.info(
             "sqs consumer started",
             extra={
                 "queue": settings.queue_name,
                 "concurrency": settings.concurrency,
-                "receivers": len(loops),
+                "receivers": len(receiver.loops),
                 "wait_time_seconds": settings.wait_time_seconds,
                 "visibility_timeout_seconds": settings.visibility_timeout_seconds,
                 "fifo": settings.is_fifo,
@@ -336,17 +319,17 @@ class Consumer:
         ended: BaseException | None = None
         fatal: BaseException | None = None
         try:
-            fatal = await self._until_shutdown(lifecycle, loops)
-            await self._drain(loops)
+            fatal = await self._until_shutdown(lifecycle, receiver)
+            await self._drain(receiver)
         except BaseException as exc:
             ended = exc
             raise
         finally:
-            self._record_drain(lifecycle, ended or fatal)
+            self._holdings.record_drain(lifecycle, ended or fatal)
             # Reached by a clean drain, a fatal error, or the cancellation at the drain
             # deadline; shielded and bounded by the release deadline either way.
             with lifecycle.cleanup_scope():
-                await self._close(loops, heartbeat)
+                await self._close(receiver, heartbeat)
             if not self._holdings:
                 remove_final_release()
             logger.info("sqs consumer stopped", extra=self.stats.as_dict())
@@ -357,75 +340,48 @@ class Consumer:
             raise ConsumerError(f"a handler raised {type(error).__name__}: {error}") from error
 
     async def _until_shutdown(
-        self, lifecycle: Lifecycle, loops: dict[int, asyncio.Task[None]]
+        self, lifecycle: Lifecycle, receiver: Receiver
     ) -> BaseException | None:
-        """Wait for the shutdown, or for a receive loop's fatal error (returned: the shutdown
-        it starts drains the handlers in flight before the consumer raises it)."""
+        """Wait for the shutdown, or for a receive loop's fatal error: it starts the shutdown,
+        which drains the handlers in flight before the consumer raises it."""
         waiter = asyncio.create_task(lifecycle.wait_shutdown_requested())
         try:
-            done, _ = await asyncio.wait(
-                {waiter, *loops.values()}, return_when=asyncio.FIRST_COMPLETED
-            )
+            error = await receiver.until(waiter)
         finally:
             waiter.cancel()
-        for task in done:
-            if task is waiter or task.cancelled() or task.exception() is None:
-                continue
-            error = task.exception()
+        if error is not None:
             logger.error(
                 "sqs receive failed for good: draining the handlers in flight, then stopping",
                 extra={"error": str(error), "held": len(self._holdings)},
             )
             lifecycle.request_shutdown(f"sqs consumer: {error}")
-            return error
-        return None
+        return error
 
-    async def _drain(self, loops: dict[int, asyncio.Task[None]]) -> None:
+    async def _drain(self, receiver: Receiver) -> None:
         holdings = self._holdings
         holdings.slots.close()
-        receiving = self._receiver.receiving if self._receiver is not None else {}
         logger.info(
             "sqs consumer draining",
-            extra={"held": len(holdings), "receives_in_flight": len(receiving)},
+            extra={"held": len(holdings), "receives_in_flight": len(receiver.receiving)},
         )
         # The long poll in flight is not waited for: an idle worker stops at once.
-        self._abandon(loops)
+        self._abandon(receiver)
         # Unstarted: received, waiting for their claim (a store outage) or their turn in a
         # FIFO group (also one waiting to retry in process).
         unstarted = [item for item in holdings.items() if item.state is MessageState.RECEIVED]
         if unstarted:
             await holdings.release_on_shutdown(unstarted)
-        await asyncio.gather(*loops.values(), return_exceptions=True)
+        await receiver.stopped()
         while self._tasks:
             await asyncio.wait(set(self._tasks))
 
-    def _record_drain(self, lifecycle: Lifecycle, ended: BaseException | None) -> None:
-        """This queue's drain duration, from the shutdown request (none without one)."""
-        deadlines = lifecycle.deadlines
-        if deadlines is None:
-            return
-        error_type = None
-        if isinstance(ended, asyncio.CancelledError):
-            error_type = ErrorType.DRAIN_DEADLINE.value
-        elif ended is not None:
-            error_type = error_type_of(ended)
-        seconds = lifecycle.now() - deadlines.requested_at
-        self._holdings.metrics.record_drain(seconds, error_type=error_type)
-
-    def _abandon(self, loops: dict[int, asyncio.Task[None]]) -> None:
+    def _abandon(self, receiver: Receiver) -> None:
         """Cancel receive calls still on their way; count what they might hide."""
-        stats = self._holdings.stats
-        receiving = self._receiver.receiving if self._receiver is not None else {}
-        abandoned = 0
-        for index, task in loops.items():
-            if task.done():
-                continue
-            if index in receiving:
-                abandoned += 1
-                stats.hidden_by_abandoned_receive += receiving[index]
-            task.cancel()
+        abandoned, hidden = receiver.abandon()
         if abandoned:
+            stats = self._holdings.stats
             stats.abandoned_receives += abandoned
+            stats.hidden_by_abandoned_receive += hidden
             logger.warning(
                 "receive abandoned: messages SQS still hands it stay hidden up to the visibility "
                 "timeout",
@@ -435,14 +391,12 @@ class Consumer:
                 },
             )
 
-    async def _close(
-        self, loops: dict[int, asyncio.Task[None]], heartbeat: asyncio.Task[None]
-    ) -> None:
+    async def _close(self, receiver: Receiver, heartbeat: asyncio.Task[None]) -> None:
         """Cancel what still runs, release what is still held, flush every buffer."""
         holdings = self._holdings
         holdings.slots.close()
-        self._abandon(loops)
-        tasks = {*loops.values(), *self._tasks}
+        self._abandon(receiver)
+        tasks = {*receiver.loops.values(), *self._tasks}
         for task in self._tasks:
             # Through the lifecycle: a handler inside its own cleanup scope finishes it first.
             self._lifecycle.cancel_task(task)
@@ -470,8 +424,3 @@ class Consumer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
-
-
-def _counting(store: object) -> CountingStore | None:
-    """The store as a ``CountingStore``, when it keeps counters (Redis and memory do)."""
-    return store if isinstance(store, CountingStore) else None

@@ -12,10 +12,12 @@ below 5 s)::
                recorded (completions retried during a store outage keep being extended)
     recorded -> untrack (waits out a beat in progress) -> delete
 
-Leases are renewed first, and only messages whose lease is still ours are extended: a renewal
-refused (another owner holds the key, or our lease ran out while the loop was blocked) marks the
-message lost and the heartbeat lets go of it; the worker will not complete or delete it. A
-renewal the store fails (an outage) is no refusal: the message is extended and the outage
+Leases are renewed first, and only messages whose lease is still ours are extended. A renewal
+refused means our record is gone: if nobody took the key (it ran out while the loop was
+blocked), it is claimed again as the same delivery and stays ours; if someone else holds it,
+the message is lost: the heartbeat lets go of it and the worker will not complete or delete it
+(if someone recorded it done, the heartbeat lets go of it too, and its completion finds that).
+A renewal the store fails (an outage) is no refusal: the message is extended and the outage
 reported. A message whose visibility ran out before its beat (a loop blocked longer than the
 margin) is logged: SQS may have handed it to someone else, which the lease decides. A message
 is never extended past 12 h from its first receive (SQS's cumulative limit): it is logged and
@@ -32,6 +34,8 @@ import time
 from typing import TYPE_CHECKING
 
 from ..errors import StoreUnavailableError
+from ..idempotency import ClaimStatus
+from ._claiming import claim_again
 from .acks import AckOutcome
 from .settings import MAX_VISIBILITY_SECONDS
 
@@ -187,15 +191,31 @@ class Heartbeat:
             self._on_store_error(exc)
             logger.warning("lease renewal failed; retrying next tick", extra={"error": str(exc)})
             return
+        refused = []
         for item, ok in zip(renewing, results, strict=True):
             if ok:
                 self.renewals += 1
+            elif not item.lease_lost:  # else its completion was refused meanwhile: done there
+                refused.append(item)
+        if not refused:
+            return
+        # Our record is gone (it ran out while the loop was blocked) or someone else's: a key
+        # nobody took is ours again; one someone holds, or recorded done, is lost.
+        try:
+            answers = await claim_again(self._store, refused, lease_seconds=self._timeout)
+        except StoreUnavailableError as exc:
+            self._on_store_error(exc)
+            return  # cannot tell now: asked again next tick
+        for item in refused:
+            status = answers.get(item)
+            if status is ClaimStatus.ACQUIRED:
+                self.renewals += 1
                 continue
-            if item.lease_lost:
-                continue  # its completion was refused meanwhile: counted and logged there
+            self._tracked.pop(item.message_id, None)  # no further extension of it
+            if status is ClaimStatus.COMPLETED:
+                continue  # recorded done by someone: its completion will find that, and delete
             item.lease_lost = True
             self.lost += 1
-            self._tracked.pop(item.message_id, None)  # no further extension of it
             logger.warning(
                 "idempotency lease lost while handling: not extended, completed or deleted",
                 extra={**item.log_fields(), "key": item.key},

@@ -94,11 +94,11 @@ class RecordingVisibility:
         return [AckOutcome.DONE] * len(changes)
 
 
-async def test_a_lost_lease_stops_the_heartbeat_for_that_message() -> None:
-    """Once a renewal is refused the message is marked lost and never extended again; the
-    others are renewed and extended as usual."""
-    clock = ManualClock()
-    store = MemoryStore(clock=clock)
+async def test_a_lost_lease_stops_the_heartbeat_and_an_expired_one_is_taken_again() -> None:
+    """A renewal refused because another owner holds the key marks the message lost: never
+    extended again. One refused because the record ran out with nobody taking the key (a
+    blocked loop) claims it again as the same delivery: extended, with a new token."""
+    store = MemoryStore(clock=ManualClock())
     now = [100.0]
     visibility = RecordingVisibility()
     heartbeat = Heartbeat(
@@ -109,27 +109,32 @@ async def test_a_lost_lease_stops_the_heartbeat_for_that_message() -> None:
         tick_seconds=1,
         clock=lambda: now[0],
     )
-    items = []
-    for name in ("kept", "lost"):
+    items = {}
+    for name in ("kept", "expired", "taken"):
         item = InFlight.received(
             Message(name, "{}", f"rh-{name}"), sent_at=now[0], visibility_seconds=10
         )
-        (claim,) = await store.claim_many(
-            [ClaimRequest(f"p:s:{name}", "fp")], owner=name, lease_seconds=10
-        )
+        item.request = ClaimRequest(f"p:s:{name}", "fp", owner=f"delivery-{name}")
+        (claim,) = await store.claim_many([item.request], owner="x", lease_seconds=10)
         assert claim.token is not None
-        item.held = Held(f"p:s:{name}", claim.token)
+        item.held = Held(item.request.key, claim.token)
         heartbeat.track(item)
-        items.append(item)
-    kept, lost = items
-    assert lost.held is not None
-    await store.release_many([lost.held])  # its lease ran out; someone else may take the key
+        items[name] = item
+    expired, taken = items["expired"], items["taken"]
+    assert expired.held is not None
+    assert taken.held is not None
+    old_token = expired.held.token
+    await store.release_many([expired.held, taken.held])  # both records gone...
+    await store.claim_many(  # ...and another worker took one of the keys
+        [ClaimRequest("p:s:taken", "fp", owner="another-worker")], owner="x", lease_seconds=10
+    )
     now[0] += 6
     await heartbeat.beat()
-    assert lost.lease_lost
-    assert not kept.lease_lost
-    assert visibility.changes == [("kept", 10)]
+    assert taken.lease_lost
+    assert not expired.lease_lost
+    assert expired.held.token > old_token
+    assert sorted(visibility.changes) == [("expired", 10), ("kept", 10)]
     now[0] += 6
     await heartbeat.beat()
-    assert visibility.changes == [("kept", 10), ("kept", 10)]
+    assert sorted(visibility.changes) == [("expired", 10)] * 2 + [("kept", 10)] * 2
     assert heartbeat.lost == 1
