@@ -46,6 +46,9 @@ logger = logging.getLogger("fargate_runtime.sqs.consumer")
 
 _RETRY_FIRST_SECONDS = 0.1
 _RETRY_CAP_SECONDS = 2.0
+# A refusal answered by taking the key again, this many times at most (each is a blocked loop
+# or a store outage that outlasted the lease; a loop of them is no progress).
+_MOST_TAKEN_AGAIN = 3
 
 
 class Recorded(enum.Enum):
@@ -168,9 +171,10 @@ class Completions:
     async def record(self, item: InFlight) -> Recorded:
         """Complete ``item``'s claim, retrying what the store failed (see the module docstring)."""
         delay = _RETRY_FIRST_SECONDS
-        claimed_again = False
+        taken_again = 0
         while item.held is not None:
-            item.completion = self.completer.complete(item.held)
+            held = item.held
+            item.completion = self.completer.complete(held)
             try:
                 # Shielded: if the handler's task is cancelled now, the answer is still read
                 # by the final release (``InFlight.completed``).
@@ -178,11 +182,13 @@ class Completions:
                 self._outage.answered()
                 if recorded:
                     return Recorded.RECORDED
-                if claimed_again:
+                if item.held != held:
+                    continue  # the heartbeat took the key again meanwhile: complete that claim
+                if taken_again >= _MOST_TAKEN_AGAIN:
                     return Recorded.LOST
                 # Refused: our record is gone (it expired while we could not renew it) or
                 # someone else's. Take it again if it is free; never complete someone else's.
-                claimed_again = True
+                taken_again += 1
                 status = (await claim_again(self._store, [item], lease_seconds=self._lease))[item]
                 if status is ClaimStatus.COMPLETED:
                     return Recorded.RECORDED

@@ -94,6 +94,7 @@ class Consumer:
             idempotency=Idempotency.from_settings(store, idempotency_settings),
             key=json_field("event_id"),
         )
+        await consumer.prepare()  # optional: run() does it; here a bad queue fails the setup
         rt.add_service(consumer.run, name="sqs-consumer")
 
     Keys are stored in the scope ``key_scope`` (default ``sqs:<queue name>``); the payload
