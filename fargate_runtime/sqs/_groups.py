@@ -115,7 +115,7 @@ class GroupRunner:
         delay = await self._failure(head, failed.get(head))
         if delay is None and head.state is MessageState.RECEIVED:
             # No DLQ to move it to: handed back, and its followers behind it.
-            await self._runner.fail([head], {head.message_id: failed.get(head)})
+            await self._runner.fail([head], {head.message_id: failed.get(head)}, counted=True)
             group = head.message.group_id
             await self._release([i for i in self._holdings.items() if i.message.group_id == group])
         return delay
@@ -125,18 +125,18 @@ class GroupRunner:
         delay = await self._failure(item, asked)
         if delay is None:
             if item.state is MessageState.RECEIVED:
-                await self._runner.fail([item], {item.message_id: asked})
+                await self._runner.fail([item], {item.message_id: asked}, counted=True)
             return None
         return await self._after(item, delay)
 
     async def _failure(self, item: InFlight, asked: float | None) -> float | None:
         """Count a failure; dead-letter it after maxReceiveCount; else the delay before its next
         try. None: it left (dead-lettered) or must be handed back (no DLQ to move it to)."""
+        self._stats.failed += 1  # every failure, also those retried in process
         failures = await self._handback.failed_in_process(item)
         most = self._handback.queue.max_receive_count
         if most is not None and failures >= most:
-            if await self._handback.dead_letter(item, failures):
-                self._stats.failed += 1
+            await self._handback.dead_letter(item, failures)
             return None
         self._stats.retried_in_process += 1
         seconds = self._handback.backoff_seconds(item, failures) if asked is None else asked

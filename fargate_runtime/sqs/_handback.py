@@ -265,7 +265,8 @@ class Handback:
         if last and not self.queue.fifo:
             for item, count in zip(items, counts, strict=True):
                 if item in last:
-                    failures = failures_so_far(item, count, delivery_open=False)
+                    # Counters unknown (no store, or it failed): this delivery at least was ours.
+                    failures = failures_so_far(item, count or {RELEASES: 1}, delivery_open=False)
                     if await self._requeue.copy(
                         item, failures=failures, delay_seconds=round(seconds)
                     ):

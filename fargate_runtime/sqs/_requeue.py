@@ -55,6 +55,11 @@ class Requeue:
     async def copy(self, item: InFlight, *, failures: int, delay_seconds: int) -> bool:
         """Send a copy of ``item``'s message to its own queue; True once SQS accepted it."""
         delay = max(0, min(MAX_DELAY_SECONDS, delay_seconds))
+        if delay < delay_seconds:
+            logger.warning(
+                "retry delay cut to 900 s: a re-queued copy can be delayed 15 minutes at most",
+                extra={**item.log_fields(), "delay_seconds": delay_seconds},
+            )
         sent = await self._send(self._queue_url, item, failures=failures, delay_seconds=delay)
         self.copies += sent
         return sent

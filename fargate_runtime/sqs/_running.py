@@ -345,13 +345,16 @@ class Runner:
             logger.warning("completion refused; message handed back", extra=item.log_fields())
         await self._handback.deferred([item], seconds=self._settings.in_progress_delay_seconds)
 
-    async def fail(self, items: list[InFlight], delays: Mapping[str, float | None]) -> None:
+    async def fail(
+        self, items: list[InFlight], delays: Mapping[str, float | None], *, counted: bool = False
+    ) -> None:
         """Hand failed messages back (claims released first): after their backoff, or as a
-        copy or to the DLQ (``Handback.failed``)."""
+        copy or to the DLQ (``Handback.failed``). ``counted``: already in ``stats.failed``."""
         items = [item for item in items if item.state is MessageState.RECEIVED]
         if not items:
             return
-        self._stats.failed += len(items)
+        if not counted:
+            self._stats.failed += len(items)
         for item in items:
             item.state = MessageState.RELEASED
             self._holdings.heartbeat.forget(item)

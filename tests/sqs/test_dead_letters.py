@@ -79,6 +79,7 @@ async def test_a_poison_fifo_message_goes_to_the_dlq_alone_and_its_group_runs_in
     assert await dead_letters(sqs, queue) == ["m7"]
     stats = consumer.stats
     assert (stats.dead_lettered, stats.retried_in_process, stats.received) == (1, 3, 10)
+    assert stats.failed == 4  # each failure counted, the in-process retries too
     assert stats.released_after_group_failure == 0
     assert await counts(sqs, queue) == EMPTY
 
