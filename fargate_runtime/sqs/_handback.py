@@ -81,6 +81,7 @@ class DeliveryCounters:
         *,
         key: Callable[[str], str],
         on_store_error: Callable[[BaseException], None],
+        available: Callable[[], bool] = lambda: True,
     ) -> DeliveryCounters | None:
         """Counters in ``store`` when it keeps them (the Redis and memory stores do)."""
         if not isinstance(store, CountingStore):
@@ -90,6 +91,7 @@ class DeliveryCounters:
             key=key,
             ttl_seconds=QueueFacts.DEFAULT_RETENTION_SECONDS,
             on_store_error=on_store_error,
+            available=available,
         )
 
     def __init__(
@@ -99,16 +101,19 @@ class DeliveryCounters:
         key: Callable[[str], str],
         ttl_seconds: float,
         on_store_error: Callable[[BaseException], None],
+        available: Callable[[], bool] = lambda: True,
     ) -> None:
         self._store = store
         self._key = key
         self.ttl_seconds = ttl_seconds
         self._on_store_error = on_store_error
+        self._available = available
 
     async def add(self, items: Sequence[InFlight], field: str, amount: int) -> list[dict[str, int]]:
-        """Add ``amount`` to ``field`` of each message (0: read); their counters after it."""
-        if not items:
-            return []
+        """Add ``amount`` to ``field`` of each message (0: read); their counters after it.
+        Nothing while the store is known to be down: a hand-back must not wait for it."""
+        if not items or not self._available():
+            return [{} for _ in items]
         changes = [CountChange(self._key(item.message_id), field, amount) for item in items]
         try:
             return await self._store.count_many(changes, ttl_seconds=self.ttl_seconds)

@@ -152,7 +152,10 @@ class Consumer:
         )
         if self._keys is not None:
             self._holdings.handback.counters = DeliveryCounters.of(
-                store, key=self._keys.counter_key, on_store_error=self._outage.failed
+                store,
+                key=self._keys.counter_key,
+                on_store_error=self._outage.failed,
+                available=lambda: self._outage.available,
             )
         self._queue: QueueFacts | None = None
         self._ready = asyncio.Event()
