@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
 from fargate_runtime.idempotency import ClaimRequest, Held, ManualClock, MemoryStore
 from fargate_runtime.lifecycle import Lifecycle
 from fargate_runtime.settings import RuntimeSettings
-from fargate_runtime.sqs import AckOutcome, BatchContext, Message, MessageContext, Retry
+from fargate_runtime.sqs import BatchContext, Message, MessageContext, Retry
 from fargate_runtime.sqs._handback import RELEASES, failures_so_far
 from fargate_runtime.sqs._inflight import InFlight
 from fargate_runtime.sqs.heartbeat import Heartbeat
 from fargate_runtime.sqs.message import REQUEUE_ATTRIBUTE
+
+from .test_units import RecordingVisibility
 
 if TYPE_CHECKING:
     from types_aiobotocore_sqs.type_defs import MessageTypeDef
@@ -81,17 +83,6 @@ def test_a_copy_carries_its_earlier_failures_and_in_process_ones_add() -> None:
     fifo = received(2)
     fifo.failures_in_process = 3  # counted here before the store's answer came back
     assert failures_so_far(fifo, {RELEASES: 1}, delivery_open=True) == 3
-
-
-class RecordingVisibility:
-    """Stands in for the visibility buffer: records the extensions asked for."""
-
-    def __init__(self) -> None:
-        self.changes: list[tuple[str, int]] = []
-
-    async def change_now(self, changes: list[tuple[str, str, int]], **_: Any) -> list[AckOutcome]:
-        self.changes.extend((message_id, seconds) for message_id, _, seconds in changes)
-        return [AckOutcome.DONE] * len(changes)
 
 
 async def test_a_lost_lease_stops_the_heartbeat_and_an_expired_one_is_taken_again() -> None:
