@@ -66,8 +66,8 @@ end
 
 # KEYS: n records, then the fencing counters they use.
 # ARGV: owner, lease ms, each record's counter position (1-based, joined; "" when there is only
-# one counter, the usual case), then the n fingerprints, then the n records' own owners ("":
-# the call's owner).
+# one counter, the usual case), then the n fingerprints, then the records' own owners packed in
+# one argument as "<bytes>:<owner>" each ("" for all: the call's owner; "0:" for one).
 # Reply: {header, result...}. The header has one word per record: "1:token" acquired,
 # "2:token" completed (its stored result follows the header, in record order), "3" in progress,
 # "4" mismatch.
@@ -80,11 +80,18 @@ CLAIM = Script(
     _WORDS
     + """
 local lease = ARGV[2]
-local n = (#ARGV - 3) / 2
+local n = #ARGV - 4
 local positions = words(ARGV[3])
+local owners, packed, at = {}, ARGV[#ARGV], 1
+while at <= #packed do
+  local colon = string.find(packed, ':', at, true)
+  local size = tonumber(string.sub(packed, at, colon - 1))
+  owners[#owners + 1] = string.sub(packed, colon + 1, colon + size)
+  at = colon + size + 1
+end
 local function owner_of(i)
-  local own = ARGV[3 + n + i]
-  if own == '' then return ARGV[1] end
+  local own = owners[i]
+  if own == nil or own == '' then return ARGV[1] end
   return own
 end
 local function fence_of(i)

@@ -74,6 +74,14 @@ def _joined(numbers: Iterable[int]) -> bytes:
     return b" ".join(b"%d" % number for number in numbers)
 
 
+def _packed(owners: Sequence[str | None]) -> bytes:
+    """Per-record owners in one argument, ``<bytes>:<owner>`` each; empty when none has one."""
+    if not any(owners):
+        return b""
+    parts = [_utf8(owner or "") for owner in owners]
+    return b"".join(b"%d:%s" % (len(part), part) for part in parts)
+
+
 def _default_call_limit(client: Redis | RedisCluster) -> int | None:
     """Half the pool's connections (at least one); None for a cluster (a pool per node)."""
     if isinstance(client, RedisCluster) or client.connection is not None:
@@ -297,7 +305,7 @@ class RedisStore(StoreBase):
                     lease,
                     _joined(positions) if len(counters) > 1 else b"",
                     *(_utf8(requests[i].fingerprint) for i in group),
-                    *(_utf8(requests[i].owner or "") for i in group),
+                    _packed([requests[i].owner for i in group]),
                 ],
             )
             return claim_results(group_keys, reply)

@@ -90,10 +90,8 @@ class Completer:
     def complete(self, held: Held) -> asyncio.Future[bool]:
         """Queue the completion of ``held`` (see the class docstring for the future's answer)."""
         loop = asyncio.get_running_loop()
+        # Awaited through asyncio.shield, which reads an exception nobody awaits any more.
         future: asyncio.Future[bool] = loop.create_future()
-        # Read here, so an outcome nobody awaits any more (a cancelled handler task) is no
-        # "exception never retrieved" at garbage collection.
-        future.add_done_callback(lambda done: done.cancelled() or done.exception())
         self._pending.append((Completion(held.key, held.token, b""), future))
         if len(self._pending) >= MAX_BATCH:
             self._send_pending()

@@ -125,7 +125,7 @@ class Runner:
         # One task per message (not a gather): each is cancelled on its own, through the
         # lifecycle, so a handler's own cleanup scope holds off the cancel.
         for item in runnable:
-            self._spawn(self._run_and_settle(item), "sqs-handler")
+            self._spawn(self.run_one(item, hand_back=True), "sqs-handler")
 
     async def claim(self, items: Sequence[InFlight]) -> dict[InFlight, Verdict] | None:
         """Verdicts for ``items``; through a store outage the unclaimed ones are held (the
@@ -149,14 +149,12 @@ class Runner:
         self, items: Sequence[InFlight], verdicts: Mapping[InFlight, Verdict]
     ) -> None:
         """Standard queue: a key in progress elsewhere comes back later; a failed one fails."""
+        if all(verdict is Verdict.RUN for verdict in verdicts.values()):
+            return  # the usual batch
         waiting = [i for i in items if verdicts.get(i) is Verdict.WAIT]
         failed = [i for i in items if verdicts.get(i) is Verdict.FAILED]
         await self._handback.deferred(waiting, seconds=self._settings.in_progress_delay_seconds)
         await self.fail(failed, {})
-
-    async def _run_and_settle(self, item: InFlight) -> None:
-        if await self.run_one(item) is Ran.FAILED:
-            await self.fail([item], {item.message_id: item.retry_delay_seconds})
 
     def _context(self, item: InFlight) -> MessageContext:
         held = item.held
@@ -167,11 +165,11 @@ class Runner:
             fencing_token=held.token if held is not None else None,
         )
 
-    async def run_one(self, item: InFlight) -> Ran:
+    async def run_one(self, item: InFlight, *, hand_back: bool = False) -> Ran:
         """Run the handler on one message; settle it when it succeeded.
 
-        A failure leaves the message held (RECEIVED again, its claim kept): the caller hands it
-        back or, on a FIFO queue, retries it.
+        A failure leaves the message held (RECEIVED again, its claim kept) for the caller to
+        retry (a FIFO group), or, with ``hand_back``, hands it back after its backoff.
         """
         if item.state is not MessageState.RECEIVED:
             return Ran.STOPPED
@@ -191,21 +189,24 @@ class Runner:
                 await self._handler(item.message, self._context(item))
         except Retry as signal:
             self._handler_ended(item, began, signal)
-            return self._failed(item, signal.delay_seconds)
+            self._failed(item, signal.delay_seconds)
         except BaseException as exc:
             self._handler_ended(item, began, exc)
             if _being_cancelled(exc):
                 raise  # cancelled at the drain deadline: the drain releases the message
             # Any other exception, CancelledError or GeneratorExit it raised itself included.
             self._log_failure(item, exc)
-            return self._failed(item, None)
-        self._handler_ended(item, began, None)
-        return Ran.SUCCEEDED if await self._succeed(item) else Ran.STOPPED
+            self._failed(item, None)
+        else:
+            self._handler_ended(item, began, None)
+            return Ran.SUCCEEDED if await self._succeed(item) else Ran.STOPPED
+        if hand_back:
+            await self.fail([item], {item.message_id: item.retry_delay_seconds})
+        return Ran.FAILED
 
-    def _failed(self, item: InFlight, delay_seconds: float | None) -> Ran:
+    def _failed(self, item: InFlight, delay_seconds: float | None) -> None:
         item.state = MessageState.RECEIVED
         item.retry_delay_seconds = delay_seconds
-        return Ran.FAILED
 
     def _handler_ended(self, item: InFlight, began: float, error: BaseException | None) -> None:
         """Count the handler out; mark its span failed when it raised; record its duration."""

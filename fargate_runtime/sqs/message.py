@@ -41,9 +41,9 @@ def _attribute_value(value: Mapping[str, Any]) -> str | bytes | None:
     return None
 
 
-def _requeued(value: Mapping[str, Any] | None) -> tuple[int, str | None]:
-    """(earlier failures, first message id) from the runtime's requeue attribute, if any."""
-    text = value.get("StringValue") if value is not None else None
+def _requeued(value: Mapping[str, Any]) -> tuple[int, str | None]:
+    """(earlier failures, first message id) from the runtime's requeue attribute."""
+    text = value.get("StringValue")
     if not isinstance(text, str):
         return 0, None
     failures, _, first = text.partition(" ")
@@ -80,8 +80,11 @@ class Message:
     @classmethod
     def from_response(cls, raw: MessageTypeDef) -> Message:
         """Build from one entry of ``ReceiveMessage``'s ``Messages``."""
-        raw_attributes = dict(raw.get("MessageAttributes", {}))
-        requeued = _requeued(raw_attributes.pop(REQUEUE_ATTRIBUTE, None))
+        raw_attributes: Mapping[str, Any] = raw.get("MessageAttributes", {})
+        requeued: tuple[int, str | None] = (0, None)
+        if REQUEUE_ATTRIBUTE in raw_attributes:
+            raw_attributes = dict(raw_attributes)
+            requeued = _requeued(raw_attributes.pop(REQUEUE_ATTRIBUTE))
         attributes = {
             name: parsed
             for name, value in raw_attributes.items()
@@ -96,7 +99,7 @@ class Message:
             attributes=MappingProxyType(attributes),
             earlier_failures=requeued[0],
             first_message_id=requeued[1],
-            raw_attributes=MappingProxyType(raw_attributes),
+            raw_attributes=raw_attributes,
         )
 
     def json(self) -> Any:

@@ -136,3 +136,25 @@ async def test_complete_blocking_records_a_completion_without_the_loop(
     replay = await store.claim(key, "fp", owner="other", lease_seconds=LEASE)
     assert replay.status is ClaimStatus.COMPLETED
     assert replay.result == b"done"
+
+
+async def test_request_owners_of_any_text_stay_apart(harness: Harness) -> None:
+    """Owners with colons, non-ASCII text or of different lengths, mixed with requests that
+    have none, are each recognised as themselves (they travel packed in one argument)."""
+    owners = ["a:b:c", "zürich/7:ü", None, "x" * 300, ""]
+    requests = [
+        ClaimRequest(harness.key(f"k{i}"), "fp", owner=owner) for i, owner in enumerate(owners)
+    ]
+    first = await harness.store.claim_many(requests, owner="call-1", lease_seconds=LEASE)
+    again = await harness.store.claim_many(requests, owner="call-1", lease_seconds=LEASE)
+    other = await harness.store.claim_many(requests, owner="call-2", lease_seconds=LEASE)
+    assert [r.status for r in first] == [ClaimStatus.ACQUIRED] * 5
+    assert [r.token for r in again] == [r.token for r in first]
+    # Only the requests that had no owner of their own depend on the call's owner.
+    assert [r.status for r in other] == [
+        ClaimStatus.ACQUIRED,
+        ClaimStatus.ACQUIRED,
+        ClaimStatus.IN_PROGRESS,
+        ClaimStatus.ACQUIRED,
+        ClaimStatus.IN_PROGRESS,
+    ]
