@@ -40,6 +40,7 @@ logger = logging.getLogger("fargate_runtime.sqs.consumer")
 # SQS allows 10 message attributes; the runtime's attribute needs one of them.
 _MAX_ATTRIBUTES = 10
 _MAX_DEDUPLICATION_ID = 128
+_ATTRIBUTE_FIELDS = ("DataType", "StringValue", "BinaryValue")
 
 
 class Requeue:
@@ -74,7 +75,11 @@ class Requeue:
         self, queue_url: str, item: InFlight, *, failures: int, delay_seconds: int
     ) -> bool:
         message = item.message
-        attributes: dict[str, Any] = dict(message.raw_attributes)
+        # As SQS takes them: the data type and the value (not the reserved list fields).
+        attributes: dict[str, Any] = {
+            name: {key: value[key] for key in _ATTRIBUTE_FIELDS if key in value}
+            for name, value in message.raw_attributes.items()
+        }
         if len(attributes) < _MAX_ATTRIBUTES:
             first = message.first_message_id or message.message_id
             attributes[REQUEUE_ATTRIBUTE] = {

@@ -222,3 +222,63 @@ async def test_a_retry_delay_past_12_hours_is_clamped_not_refused(
     assert json_lines.with_message("sqs change_visibility given up") == []
     assert await counts(sqs, queue) == QueueCounts(visible=0, not_visible=1)
     assert sum(calls.values()) == 1
+
+
+async def test_a_requeued_copy_keeps_body_attributes_and_trace_header(
+    sqs: SQSClient, make_queue: Callable[..., Awaitable[str]], idempotency: Idempotency
+) -> None:
+    """maxReceiveCount 1: a message released at shutdown on its only receive is re-queued as a
+    copy with the same body, typed attributes and AWSTraceHeader; the handler sees the
+    original's id as ``first_message_id`` and none of the runtime's attribute."""
+    queue = await make_queue(dlq_after=1)
+    trace = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"
+    sent = await sqs.send_message(
+        QueueUrl=queue,
+        MessageBody=event("copied"),
+        MessageAttributes={
+            "tenant": {"DataType": "String", "StringValue": "t-9"},
+            "blob": {"DataType": "Binary", "BinaryValue": b"\x00\xff"},
+            "amount": {"DataType": "Number.cents", "StringValue": "1250"},
+        },
+        MessageSystemAttributes={"AWSTraceHeader": {"DataType": "String", "StringValue": trace}},
+    )
+    started = asyncio.Event()
+
+    async def interrupted(message: Message, context: MessageContext) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    consumer = Consumer(
+        interrupted,
+        client=sqs,
+        settings=settings(queue),
+        idempotency=idempotency,
+        key=json_field("event_id"),
+    )
+    async with running(consumer, drain_seconds=0.3) as run:
+        await asyncio.wait_for(started.wait(), 30)
+        assert await run.stop()
+    assert consumer.stats.requeued == 1
+    seen: list[Message] = []
+
+    async def handle(message: Message, context: MessageContext) -> None:
+        seen.append(message)
+
+    consumer = Consumer(
+        handle,
+        client=sqs,
+        settings=settings(queue),
+        idempotency=idempotency,
+        key=json_field("event_id"),
+    )
+    async with running(consumer):
+        await eventually(lambda: consumer.stats.deleted == 1, what="the copy handled")
+    (copy,) = seen
+    assert copy.message_id != sent["MessageId"]
+    assert copy.first_message_id == sent["MessageId"]
+    assert copy.earlier_failures == 0
+    assert copy.body == event("copied")
+    assert dict(copy.attributes) == {"tenant": "t-9", "blob": b"\x00\xff", "amount": "1250"}
+    assert copy.raw_attributes["amount"]["DataType"] == "Number.cents"
+    assert copy.trace_header == trace
+    assert await dead_letters(sqs, queue) == []
