@@ -26,7 +26,7 @@
   then its resident set after a moment idle. Targets <= 90 MB and <= 1.5 s.
 - ``idle_stop_seconds`` and ``killed_worker_messages_back_seconds``: an idle worker's SIGTERM
   to exit, and a SIGKILLed worker's messages back in the queue, beside a hand-written loop
-  (``_sqs_stops``). Targets <= 1 s and <= the 10 s receive visibility.
+  (``_sqs_stops``). Targets <= 1 s and the 10 s receive visibility (+1 s of measurement).
 
 Writes ``bench/results/sqs.json``. Traffic goes to 127.0.0.1 only. Queues stay shallow (moto
 slows down linearly with queue depth).
@@ -78,7 +78,8 @@ TARGETS = {
     "start_to_ready_seconds": 1.5,
     "detector_cost_percent": 2,
     "idle_stop_seconds": 1,
-    "killed_worker_messages_back_seconds": 10,
+    # The 10 s receive visibility, plus a second for moto's expiry tick and the 0.1 s poll.
+    "killed_worker_messages_back_seconds": 11,
 }
 BUDGET = ShutdownBudget(
     stop_timeout_seconds=30, margin_seconds=2, drain_seconds=23, release_seconds=2, close_seconds=3
