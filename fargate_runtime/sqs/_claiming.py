@@ -14,7 +14,12 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from ..errors import IdempotencyKeyError, MalformedMessageError, StoreUnavailableError
+from ..errors import (
+    ConfigurationError,
+    IdempotencyKeyError,
+    MalformedMessageError,
+    StoreUnavailableError,
+)
 from ..idempotency import ClaimStatus, FailurePolicy, Held, attempt_owner
 from ..telemetry import ErrorType, IdempotencyOutcome, mark_idempotency_outcome
 from ._inflight import MessageState
@@ -88,9 +93,15 @@ class Claimer:
                 owner=attempt_owner(idempotency.owner),
                 lease_seconds=self._lease,
             )
-        except StoreUnavailableError as exc:
+        except (StoreUnavailableError, ConfigurationError) as exc:
+            # A refused eviction policy (Redis back with another one) is found again by the
+            # outage's probe, which ends the consumer with it (exit 78).
             verdicts.update(self._store_failed([item for item, _ in keyed], exc))
             return verdicts
+        except Exception:
+            # Not an outage (a store's bug): not run now, handed back, never stranded.
+            logger.exception("claims failed; not run now", extra={"count": len(keyed)})
+            return verdicts | dict.fromkeys((item for item, _ in keyed), Verdict.WAIT)
         self._outage.answered()
         self._metrics.record_store(time.perf_counter() - started)
         late: list[InFlight] = []
@@ -120,9 +131,7 @@ class Claimer:
             await self._holdings.release_claims(late)
         return verdicts
 
-    def _store_failed(
-        self, items: list[InFlight], exc: StoreUnavailableError
-    ) -> dict[InFlight, Verdict]:
+    def _store_failed(self, items: list[InFlight], exc: Exception) -> dict[InFlight, Verdict]:
         """The claim round trip failed: run unclaimed (fail open), or hold until it answers."""
         self._stats.store_errors += len(items)
         for item in items:

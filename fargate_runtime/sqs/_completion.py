@@ -56,7 +56,7 @@ class Recorded(enum.Enum):
 
     RECORDED = "recorded"  # on record (ours, or someone's): delete the message
     LOST = "lost"  # someone else holds the key: hand the message back, do not delete
-    UNRECORDED = "unrecorded"  # the store did not answer before the drain deadline
+    UNRECORDED = "unrecorded"  # the store did not answer before the drain deadline (or failed)
 
 
 class Completer:
@@ -199,4 +199,8 @@ class Completions:
                     return Recorded.UNRECORDED
                 await first_of(asyncio.sleep(delay), self._outage.wait_available())
                 delay = min(_RETRY_CAP_SECONDS, delay * 2)
+            except Exception:
+                # Not an outage (a store's bug): the work is done all the same.
+                logger.exception("completion failed", extra=item.log_fields())
+                return Recorded.UNRECORDED
         return Recorded.LOST

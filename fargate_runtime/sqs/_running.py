@@ -327,8 +327,8 @@ class Runner:
             if recorded is Recorded.UNRECORDED:
                 logger.error(
                     "work done but its completion not recorded (the store did not answer "
-                    "before the drain deadline): message deleted; a later duplicate of its key "
-                    "could run again",
+                    "before the drain deadline, or failed): message deleted; a later duplicate "
+                    "of its key could run again",
                     extra=item.log_fields(),
                 )
         await self._holdings.heartbeat.untrack(item)

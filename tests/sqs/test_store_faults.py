@@ -16,9 +16,12 @@ import pytest
 from pydantic import SecretStr
 
 from fargate_runtime.idempotency import (
+    ClaimRequest,
+    ClaimResult,
     Idempotency,
     IdempotencySettings,
     IdempotencyStore,
+    MemoryStore,
     open_store,
 )
 from fargate_runtime.sqs import Consumer, Message, MessageContext, json_field
@@ -28,7 +31,7 @@ from .conftest import dlq_url, event
 from .support import QueueCounts, counts, eventually, running, send, settings
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
     from types_aiobotocore_sqs import SQSClient
 
@@ -176,3 +179,41 @@ async def test_a_claim_whose_reply_was_lost_runs_once_without_blocking_its_key(
     assert handled == ["once"]
     assert consumer.stats.duplicates_in_progress == 0
     assert consumer.stats.received == 1
+
+
+class BrokenOnce(MemoryStore):
+    """The in-memory store, except that its first claim raises what no store should."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broken = True
+
+    async def claim_many(
+        self, requests: Sequence[ClaimRequest], *, owner: str, lease_seconds: float
+    ) -> list[ClaimResult]:
+        """Raise a plain bug the first time, then claim."""
+        if self.broken:
+            self.broken = False
+            raise RuntimeError("a bug in a store")
+        return await super().claim_many(requests, owner=owner, lease_seconds=lease_seconds)
+
+
+async def test_a_store_bug_hands_the_batch_back_instead_of_stranding_it(
+    sqs: SQSClient, make_queue: Callable[..., Awaitable[str]], redis_prefix: str
+) -> None:
+    """A claim that fails with an unexpected exception (not an outage) is logged and the
+    messages come back after the in-progress delay; they run then, once."""
+    queue = await make_queue()
+    handled: list[str] = []
+
+    async def handle(message: Message, context: MessageContext) -> None:
+        handled.append(message.json()["event_id"])
+
+    await send(sqs, queue, [event("b1"), event("b2")])
+    consumer = consumer_on(
+        BrokenOnce(), redis_prefix, sqs, queue, handle, in_progress_delay_seconds=1
+    )
+    async with running(consumer):
+        await eventually(lambda: consumer.stats.deleted == 2, what="both run")
+    assert sorted(handled) == ["b1", "b2"]
+    assert consumer.store_available
