@@ -51,6 +51,54 @@ async def dead_letters(sqs: SQSClient, queue: str) -> list[str]:
     return found
 
 
+def keyed(
+    handler: Callable[[Message, MessageContext], Awaitable[None]],
+    sqs: SQSClient,
+    queue: str,
+    idempotency: Idempotency,
+) -> Consumer:
+    """A consumer keyed by ``event_id``, with the tests' settings."""
+    return Consumer(
+        handler,
+        client=sqs,
+        settings=settings(queue),
+        idempotency=idempotency,
+        key=json_field("event_id"),
+    )
+
+
+async def cut_at_shutdown(sqs: SQSClient, queue: str, idempotency: Idempotency) -> Consumer:
+    """Run a consumer whose handler runs until the drain deadline cuts it: the message is
+    released at shutdown. Return the consumer (its stats)."""
+    started = asyncio.Event()
+
+    async def interrupted(message: Message, context: MessageContext) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    consumer = keyed(interrupted, sqs, queue, idempotency)
+    async with running(consumer, drain_seconds=0.3) as run:
+        await asyncio.wait_for(started.wait(), 30)
+        assert await run.stop()  # cut: released at shutdown
+    assert consumer.stats.released_on_shutdown == 1
+    return consumer
+
+
+async def handle_once(
+    sqs: SQSClient, queue: str, idempotency: Idempotency
+) -> tuple[Consumer, list[Message]]:
+    """Run a consumer until it handled one message; return it and what its handler saw."""
+    seen: list[Message] = []
+
+    async def handle(message: Message, context: MessageContext) -> None:
+        seen.append(message)
+
+    consumer = keyed(handle, sqs, queue, idempotency)
+    async with running(consumer):
+        await eventually(lambda: consumer.stats.deleted == 1, what="handled")
+    return consumer, seen
+
+
 async def test_a_poison_fifo_message_goes_to_the_dlq_alone_and_its_group_runs_in_order(
     sqs: SQSClient, make_queue: Callable[..., Awaitable[str]], idempotency: Idempotency
 ) -> None:
@@ -120,45 +168,11 @@ async def test_five_shutdowns_in_a_row_do_not_dead_letter_a_message(
     is re-queued as a copy at its last receive, and then handled once; the DLQ stays empty."""
     queue = await make_queue(dlq_after=3)
     await send(sqs, queue, [event("unlucky")])
-    attempts: list[int] = []
-    requeued = 0
-    for _ in range(5):
-        started = asyncio.Event()
-
-        async def interrupted(message: Message, context: MessageContext) -> None:
-            attempts.append(message.receive_count)
-            started.set()  # noqa: B023 - this round's event, awaited in this round
-            await asyncio.Event().wait()  # runs until the drain deadline cuts it
-
-        consumer = Consumer(
-            interrupted,
-            client=sqs,
-            settings=settings(queue),
-            idempotency=idempotency,
-            key=json_field("event_id"),
-        )
-        async with running(consumer, drain_seconds=0.3) as run:
-            await asyncio.wait_for(started.wait(), 30)
-            assert await run.stop()  # cut: released at shutdown
-        assert consumer.stats.released_on_shutdown == 1
-        requeued += consumer.stats.requeued
-    handled: list[str] = []
-
-    async def handle(message: Message, context: MessageContext) -> None:
-        handled.append(message.json()["event_id"])
-
-    consumer = Consumer(
-        handle,
-        client=sqs,
-        settings=settings(queue),
-        idempotency=idempotency,
-        key=json_field("event_id"),
-    )
-    async with running(consumer):
-        await eventually(lambda: consumer.stats.deleted == 1, what="handled at last")
-    assert handled == ["unlucky"]
-    assert requeued == 1  # at the 3rd receive, its last before the DLQ
-    assert attempts == [1, 2, 3, 1, 2]  # the copy starts counting again
+    cut = [await cut_at_shutdown(sqs, queue, idempotency) for _ in range(5)]
+    _, seen = await handle_once(sqs, queue, idempotency)
+    assert [message.json()["event_id"] for message in seen] == ["unlucky"]
+    assert [consumer.stats.requeued for consumer in cut] == [0, 0, 1, 0, 0]  # its 3rd receive
+    assert seen[0].receive_count == 3  # the copy's: its 3rd receive, counting again from 1
     assert await dead_letters(sqs, queue) == []
     assert await counts(sqs, queue) == EMPTY
 
@@ -242,37 +256,9 @@ async def test_a_requeued_copy_keeps_body_attributes_and_trace_header(
         },
         MessageSystemAttributes={"AWSTraceHeader": {"DataType": "String", "StringValue": trace}},
     )
-    started = asyncio.Event()
-
-    async def interrupted(message: Message, context: MessageContext) -> None:
-        started.set()
-        await asyncio.Event().wait()
-
-    consumer = Consumer(
-        interrupted,
-        client=sqs,
-        settings=settings(queue),
-        idempotency=idempotency,
-        key=json_field("event_id"),
-    )
-    async with running(consumer, drain_seconds=0.3) as run:
-        await asyncio.wait_for(started.wait(), 30)
-        assert await run.stop()
+    consumer = await cut_at_shutdown(sqs, queue, idempotency)
     assert consumer.stats.requeued == 1
-    seen: list[Message] = []
-
-    async def handle(message: Message, context: MessageContext) -> None:
-        seen.append(message)
-
-    consumer = Consumer(
-        handle,
-        client=sqs,
-        settings=settings(queue),
-        idempotency=idempotency,
-        key=json_field("event_id"),
-    )
-    async with running(consumer):
-        await eventually(lambda: consumer.stats.deleted == 1, what="the copy handled")
+    _, seen = await handle_once(sqs, queue, idempotency)
     (copy,) = seen
     assert copy.message_id != sent["MessageId"]
     assert copy.first_message_id == sent["MessageId"]
