@@ -21,6 +21,7 @@ from fargate_runtime.sqs import (
 
 from .conftest import dlq_url, event
 from .support import QueueCounts, counts, eventually, running, send, settings
+from .test_consumer import keyed
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -49,22 +50,6 @@ async def dead_letters(sqs: SQSClient, queue: str) -> list[str]:
         except (ValueError, KeyError, TypeError):
             found.append(body)
     return found
-
-
-def keyed(
-    handler: Callable[[Message, MessageContext], Awaitable[None]],
-    sqs: SQSClient,
-    queue: str,
-    idempotency: Idempotency,
-) -> Consumer:
-    """A consumer keyed by ``event_id``, with the tests' settings."""
-    return Consumer(
-        handler,
-        client=sqs,
-        settings=settings(queue),
-        idempotency=idempotency,
-        key=json_field("event_id"),
-    )
 
 
 async def cut_at_shutdown(sqs: SQSClient, queue: str, idempotency: Idempotency) -> Consumer:
