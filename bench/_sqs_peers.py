@@ -157,7 +157,6 @@ async def _runtime(spec: dict[str, Any], started_cpu: float) -> None:
         queue_url=spec["queue_url"],
         endpoint_url=spec["endpoint_url"],
         concurrency=int(spec["concurrency"]),
-        abandon_receive_on_shutdown=True,
         **spec.get("sqs_settings", {}),
     )
 

@@ -24,6 +24,9 @@
 - ``idle_rss_mb`` and ``start_to_ready_seconds``: the example worker under
   ``fargate-runtime run``, from process start to the consumer's "sqs consumer started" line,
   then its resident set after a moment idle. Targets <= 90 MB and <= 1.5 s.
+- ``idle_stop_seconds`` and ``killed_worker_messages_back_seconds``: an idle worker's SIGTERM
+  to exit, and a SIGKILLed worker's messages back in the queue, beside a hand-written loop
+  (``_sqs_stops``). Targets <= 1 s and the 10 s receive visibility (+1 s of measurement).
 
 Writes ``bench/results/sqs.json``. Traffic goes to 127.0.0.1 only. Queues stay shallow (moto
 slows down linearly with queue depth).
@@ -52,6 +55,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from bench._results import merge_results
+from bench._sqs_stops import stop_figures
 from fargate_runtime._watchdog import Watchdog
 from fargate_runtime.idempotency import Idempotency, RedisStore
 from fargate_runtime.lifecycle import Lifecycle
@@ -72,6 +76,9 @@ TARGETS = {
     "idle_rss_mb": 90,
     "start_to_ready_seconds": 1.5,
     "detector_cost_percent": 2,
+    "idle_stop_seconds": 1,
+    # The 10 s receive visibility, plus a second for moto's expiry tick and the 0.1 s poll.
+    "killed_worker_messages_back_seconds": 11,
 }
 BUDGET = ShutdownBudget(
     stop_timeout_seconds=30, margin_seconds=2, drain_seconds=23, release_seconds=2, close_seconds=3
@@ -138,7 +145,7 @@ async def _ours_requests(endpoint: str, redis_url: str) -> float:
         async def handle(message: Message, context: MessageContext) -> None:
             """A no-op handler."""
 
-        settings = SqsSettings(queue_url=queue, abandon_receive_on_shutdown=True)
+        settings = SqsSettings(queue_url=queue)
         consumer = Consumer(
             handle,
             client=client,
@@ -271,7 +278,6 @@ async def _overhead(redis_url: str, *, detector: bool = False) -> float:
         settings=SqsSettings(
             queue_url="https://sqs.bench.invalid/1/stub",
             concurrency=OVERHEAD_CONCURRENCY,
-            abandon_receive_on_shutdown=True,
         ),
         idempotency=Idempotency(RedisStore(redis_client), prefix=prefix, retention_seconds=600),
         key=json_field("event_id"),
@@ -366,7 +372,6 @@ def _worker_start(endpoint: str, redis_url: str, ledger: Path) -> tuple[float, f
         **os.environ,
         **sqs_environment(endpoint),
         "FARGATE_RUNTIME_SQS_QUEUE_URL": queue,
-        "FARGATE_RUNTIME_SQS_ABANDON_RECEIVE_ON_SHUTDOWN": "true",
         "REDIS_URL": redis_url,
         "PAYMENTS_LEDGER_PATH": str(ledger),
         "PYTHONUNBUFFERED": "1",
@@ -427,6 +432,7 @@ def main() -> dict[str, object]:
                 _worker_start(endpoint, redis_url, Path(scratch) / f"ledger{i}.sqlite3")
                 for i in range(STARTS)
             ]
+            stops = stop_figures(endpoint, redis_url, Path(scratch))
     results: dict[str, object] = {
         "requests_per_message": {name: round(value, 3) for name, value in requests.items()},
         "overhead_messages_per_second": round(statistics.median(overhead["wall"])),
@@ -457,6 +463,7 @@ def main() -> dict[str, object]:
         ],
         "idle_rss_mb": round(statistics.median(rss for _, rss in starts), 1),
         "start_to_ready_seconds": round(statistics.median(ready for ready, _ in starts), 3),
+        **stops,
         "targets": TARGETS,
         "settings": {
             "busy_queue_messages": BUSY_MESSAGES,
@@ -491,6 +498,12 @@ def _print(results: dict[str, Any]) -> None:
     )
     print(f"idle worker RSS: {results['idle_rss_mb']} MB")
     print(f"start to ready:  {results['start_to_ready_seconds']} s")
+    for name in ("idle_stop_seconds", "killed_worker_messages_back_seconds"):
+        figure = results[name]
+        print(
+            f"{name}: {figure['fargate_runtime']} s; hand-written loop {figure['plain_loop']} s "
+            f"({figure['ratio']}x)"
+        )
     print(f"targets: {results['targets']}")
 
 

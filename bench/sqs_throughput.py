@@ -268,7 +268,6 @@ def _capacity_child(concurrency: int, count: int) -> None:
             settings=SqsSettings(
                 queue_url="https://sqs.bench.invalid/1/stub",
                 concurrency=concurrency,
-                abandon_receive_on_shutdown=True,
             ),
         )
         from bench.sqs import BUDGET

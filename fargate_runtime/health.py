@@ -30,7 +30,9 @@ class HealthServer:
     """Serves ``/healthz`` and ``/readyz`` from a Lifecycle; does nothing when ``port`` is None.
 
     Liveness stays 200 while draining: a failing container health check would make ECS replace
-    the task in the middle of its drain. Readiness turns 503 the moment shutdown is requested.
+    the task in the middle of its drain. Readiness turns 503 the moment shutdown is requested,
+    and while a service holds it back (an SQS consumer whose idempotency store is down); the
+    503's body says why (``draining``, ``sqs-consumer: idempotency store unavailable ...``).
     """
 
     def __init__(self, lifecycle: Lifecycle, *, host: str, port: int | None) -> None:
@@ -64,13 +66,13 @@ class HealthServer:
             self._server = None
 
     def _answer(self, path: str) -> tuple[int, str]:
+        lifecycle = self._lifecycle
         if path == "/healthz":
-            ok = self._lifecycle.alive
-        elif path == "/readyz":
-            ok = self._lifecycle.ready
-        else:
-            return 404, "not found"
-        return (200, "ok") if ok else (503, self._lifecycle.phase.value)
+            return (200, "ok") if lifecycle.alive else (503, lifecycle.phase.value)
+        if path == "/readyz":
+            reason = lifecycle.not_ready_reason
+            return (200, "ok") if reason is None else (503, reason)
+        return 404, "not found"
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -85,10 +87,11 @@ class HealthServer:
             else:
                 status, body = self._answer(parts[1].split("?", 1)[0])
             reason = http.client.responses.get(status, "")
-            payload = body.encode() if parts and parts[0] != "HEAD" else b""
+            encoded = body.encode()
+            payload = encoded if parts and parts[0] != "HEAD" else b""
             writer.write(
-                f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\n"
-                f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
+                f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                f"content-length: {len(encoded)}\r\nconnection: close\r\n\r\n".encode()
                 + payload
             )
             await writer.drain()

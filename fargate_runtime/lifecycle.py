@@ -104,6 +104,8 @@ class Lifecycle:
         self._final_releases: dict[
             int, tuple[Callable[[float], None], Callable[[], None] | None]
         ] = {}
+        # Why a service says the process should get no new work now (a store outage), by source.
+        self._unready: dict[str, str] = {}
 
     @property
     def phase(self) -> Phase:
@@ -112,8 +114,28 @@ class Lifecycle:
 
     @property
     def ready(self) -> bool:
-        """True while new work should be routed here: running and no shutdown requested."""
-        return self._phase is Phase.RUNNING and not self.shutdown_requested
+        """True while new work should be routed here: running, no shutdown requested, and no
+        service holding readiness back (``set_unready``)."""
+        return self._phase is Phase.RUNNING and not self.shutdown_requested and not self._unready
+
+    @property
+    def not_ready_reason(self) -> str | None:
+        """Why ``ready`` is False, in a few words (what ``/readyz`` answers); None when ready."""
+        if self._phase is not Phase.RUNNING:
+            return str(self._phase.value)
+        if self.shutdown_requested:
+            return str(Phase.DRAINING.value)
+        if self._unready:
+            return "; ".join(f"{source}: {why}" for source, why in sorted(self._unready.items()))
+        return None
+
+    def set_unready(self, source: str, reason: str | None) -> None:
+        """Hold readiness back for ``reason`` (a service that cannot take work now, such as a
+        consumer whose idempotency store is down); ``reason=None`` lifts ``source``'s hold."""
+        if reason is None:
+            self._unready.pop(source, None)
+        else:
+            self._unready[source] = reason
 
     @property
     def alive(self) -> bool:

@@ -181,6 +181,16 @@ class RedisServer(_Process):
         self.stop()
         self.start()
 
+    def pause(self) -> None:
+        """Stop answering (SIGSTOP), data kept: connections open, commands wait unanswered."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Answer again after ``pause`` (SIGCONT), with everything it held."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)
+
     def close(self) -> None:
         """Stop and remove the working directory."""
         self.stop()

@@ -10,22 +10,58 @@ The shutdown budget is the one timing invariant everything else is sized against
       (no new intake)               release       close, telemetry flushes
 
 Settings whose parts do not fit are refused at start (exit 78), never discovered at SIGKILL.
+So is a ``FARGATE_RUNTIME_*`` variable that no setting reads (``check_environment``): a typo
+(``..._SQS_BATCH_SIZE`` for ``..._SQS_CONCURRENCY``) would otherwise be ignored in silence.
 """
 
 from __future__ import annotations
 
+import difflib
+import importlib
 import logging
+import os
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigurationError
 
-__all__ = ["ENV_PREFIX", "RuntimeSettings", "ShutdownBudget", "load_settings"]
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+__all__ = [
+    "ENV_PREFIX",
+    "RETIRED_VARIABLES",
+    "RuntimeSettings",
+    "ShutdownBudget",
+    "check_environment",
+    "known_variables",
+    "load_settings",
+]
+
+logger = logging.getLogger("fargate_runtime.settings")
 
 ENV_PREFIX = "FARGATE_RUNTIME_"
+
+# Where the package's settings models live: imported only when a variable needs looking up.
+_SETTINGS_MODULES = (
+    "fargate_runtime.settings",
+    "fargate_runtime.sqs.settings",
+    "fargate_runtime.idempotency.settings",
+    "fargate_runtime.http.settings",
+    "fargate_runtime.telemetry._settings",
+)
+# Variables under the prefix that the package reads without a settings model.
+_OTHER_VARIABLES = frozenset({"FARGATE_RUNTIME_DRILL_LEDGER", "FARGATE_RUNTIME_DRILL_SQS_ENDPOINT"})
+# Settings that were removed: still accepted, with one warning saying why they do nothing.
+RETIRED_VARIABLES = {
+    "FARGATE_RUNTIME_SQS_ABANDON_RECEIVE_ON_SHUTDOWN": (
+        "the receive in flight is always abandoned at shutdown now (its messages stay hidden "
+        "for FARGATE_RUNTIME_SQS_VISIBILITY_TIMEOUT_SECONDS at most)"
+    ),
+}
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
@@ -147,3 +183,61 @@ def load_settings(cls: type[SettingsT], **overrides: Any) -> SettingsT:
         return cls(**overrides)
     except ValidationError as exc:
         raise ConfigurationError(f"invalid settings: {_describe(cls, exc)}") from exc
+
+
+def _models() -> list[type[BaseSettings]]:
+    for module in _SETTINGS_MODULES:
+        importlib.import_module(module)
+    found: list[type[BaseSettings]] = []
+    pending = list(BaseSettings.__subclasses__())
+    while pending:
+        model = pending.pop()
+        pending.extend(model.__subclasses__())
+        if str(model.model_config.get("env_prefix", "")).upper().startswith(ENV_PREFIX):
+            found.append(model)
+    return found
+
+
+def known_variables() -> frozenset[str]:
+    """Every ``FARGATE_RUNTIME_*`` variable something in the package reads (upper case)."""
+    names = set(_OTHER_VARIABLES)
+    for model in _models():
+        prefix = str(model.model_config.get("env_prefix", "")).upper()
+        names.update(f"{prefix}{field}".upper() for field in model.model_fields)
+    return frozenset(names)
+
+
+def check_environment(environ: Mapping[str, str] | None = None) -> None:
+    """Refuse ``FARGATE_RUNTIME_*`` variables no setting reads (ConfigurationError, exit 78).
+
+    The message names each one and the closest known setting (a typo, most likely). Retired
+    settings get one warning each instead. Names compare case-insensitively, as the settings
+    read them.
+    """
+    names = os.environ if environ is None else environ
+    ours = [name for name in names if name.upper().startswith(ENV_PREFIX)]
+    if not ours:
+        return
+    known = known_variables()
+    unknown: list[str] = []
+    for name in sorted(ours):
+        upper = name.upper()
+        if upper in RETIRED_VARIABLES:
+            logger.warning("%s is no longer used: %s; remove it", name, RETIRED_VARIABLES[upper])
+        elif upper not in known:
+            unknown.append(name)
+    if not unknown:
+        return
+    problems = [f"{name} (did you mean {_closest(name.upper(), known)}?)" for name in unknown]
+    raise ConfigurationError(
+        f"unknown setting{'s' if len(problems) > 1 else ''} {'; '.join(problems)}: no part of "
+        f"the runtime reads {'them' if len(problems) > 1 else 'it'} (every setting is in the "
+        "README's Settings tables)"
+    )
+
+
+def _closest(name: str, known: frozenset[str]) -> str:
+    """The known variable most like ``name``, looked for first in its own section (``_SQS_``)."""
+    section = "_".join(name.split("_")[:3]) + "_"
+    candidates = sorted(k for k in known if k.startswith(section)) or sorted(known)
+    return difflib.get_close_matches(name, candidates, n=1, cutoff=0.0)[0]

@@ -36,7 +36,7 @@ from .health import HealthServer
 from .lifecycle import ExitCode, Lifecycle, Phase
 from .logging import configure_logging, set_static
 from .runtime import Runtime, Service, Setup
-from .settings import RuntimeSettings, load_settings
+from .settings import RuntimeSettings, check_environment, load_settings
 from .telemetry import Telemetry, TelemetrySettings, record_event_loop_lag
 from .telemetry._shutdown import ShutdownTrace
 
@@ -131,11 +131,12 @@ class Supervisor:
         """Load settings and build the run (on the loop it will run on)."""
         try:
             settings = self._settings or load_settings(RuntimeSettings)
+            if setup_logging:
+                configure_logging(level=settings.log_level_number, json_lines=settings.log_json)
+            check_environment()  # a typo'd variable would be ignored in silence
         except ConfigurationError as exc:
             logger.critical(str(exc), extra={"exit_code": int(ExitCode.CONFIGURATION)})
             return ExitCode.CONFIGURATION
-        if setup_logging:
-            configure_logging(level=settings.log_level_number, json_lines=settings.log_json)
         set_static(service_name=settings.service_name)
         runtime = Runtime(settings, Lifecycle(settings.budget()))
         runtime._services.extend(self._services)
@@ -347,6 +348,13 @@ class _Run:
             self.crash(name, "service raised CancelledError")
         except (SystemExit, KeyboardInterrupt) as exc:
             self.crash(name, f"service raised {type(exc).__name__}({exc})")
+        except ConfigurationError as exc:
+            # Found when the service started (a queue that does not exist): exit 78, one line.
+            logger.critical(
+                str(exc), extra={"service": name, "exit_code": int(ExitCode.CONFIGURATION)}
+            )
+            self.crashed, self.code_on_crash = True, ExitCode.CONFIGURATION
+            self.begin_shutdown(f"service {name}: bad configuration")
         except Exception:
             logger.exception("service crashed", extra={"service": name})
             self.crashed = True

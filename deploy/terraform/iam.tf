@@ -64,8 +64,9 @@ resource "aws_iam_role" "task" {
 data "aws_iam_policy_document" "task" {
   statement {
     # Receive, delete on success, change visibility (heartbeat, backoff, release at shutdown);
-    # GetQueueAttributes reads the backlog gauge (only with telemetry on, once a minute).
-    # The queue URL comes from the environment, so no GetQueueUrl; SSE-SQS needs no KMS grant.
+    # GetQueueAttributes reads the queue at start (its redrive policy) and the backlog gauge
+    # (only with telemetry on, once a minute). The queue URL comes from the environment, so no
+    # GetQueueUrl; SSE-SQS needs no KMS grant.
     sid = "ConsumeQueue"
     actions = [
       "sqs:ReceiveMessage",
@@ -74,6 +75,13 @@ data "aws_iam_policy_document" "task" {
       "sqs:GetQueueAttributes",
     ]
     resources = [aws_sqs_queue.main.arn]
+  }
+  statement {
+    # A message near maxReceiveCount for reasons not its own (shutdowns) is re-queued as a copy;
+    # one that failed maxReceiveCount times is moved to the DLQ by the runtime (FIFO poison).
+    sid       = "RequeueAndDeadLetter"
+    actions   = ["sqs:SendMessage"]
+    resources = [aws_sqs_queue.main.arn, aws_sqs_queue.dlq.arn]
   }
 }
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 from ..errors import ConfigurationError
-from ..settings import ENV_PREFIX, RuntimeSettings, load_settings
+from ..settings import ENV_PREFIX, RuntimeSettings, check_environment, load_settings
 from ._taskdef_rules import (
     ECS_DEFAULT_STOP_TIMEOUT_SECONDS,
     ECS_MAX_STOP_TIMEOUT_SECONDS,
@@ -347,6 +347,7 @@ def _stop_timeout(c: _Container) -> Iterator[_Problem]:
         if name.startswith(ENV_PREFIX)
     }
     try:
+        check_environment({name: value for _, name, value in c.environment})
         settings = load_settings(_EnvironmentOnlySettings, **overrides)
     except ConfigurationError as exc:
         yield _Problem("runtime-settings", ".environment", f"the runtime would exit 78: {exc}")

@@ -68,18 +68,19 @@ def _assignment(text: str) -> tuple[str, str]:
 
 _EPILOG = """\
 exit codes:
-  0  passed: lost 0, double charges 0, overruns 0, no crash, and every duplicate
-     charge attempt explained by a hard kill or a Redis restart
+  0  passed: lost 0, double charges 0, overruns 0, no crash, nothing dead-lettered
+     by a Redis outage, and every duplicate charge attempt explained by a hard kill
+     or a Redis restart
   1  failed: the report lists each failure and its cause
   2  could not run (bad flags, a named Redis, PostgreSQL or SQS endpoint that does
      not answer, a worker that does not start)
 
 components: --sqs-endpoint and --redis-url (default $REDIS_URL) must answer; named
   nowhere, the drill starts moto's server and uses 127.0.0.1:6379 or, when nothing
-  answers there, a private redis-server. --restart-redis always uses a private one.
-  --store postgres uses --postgres-url (default $POSTGRES_URL) the same way, else
-  127.0.0.1:5432, else a private server; its default worker then charges inside
-  the handler's transaction (PAYMENTS_LEDGER=postgres).
+  answers there, a private redis-server. --restart-redis and --redis-outage-seconds always
+  use a private one. --store postgres uses --postgres-url (default $POSTGRES_URL) the
+  same way, else 127.0.0.1:5432, else a private server; its default worker then charges
+  inside the handler's transaction (PAYMENTS_LEDGER=postgres).
 
 drilling your own worker:
   --worker mypkg.app:app runs it under `fargate-runtime run` with the drill's SQS
@@ -156,6 +157,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "worker; forced exits are counted)",
     )
     add("--restart-redis", action="store_true", help="restart (a private) Redis half way")
+    add(
+        "--redis-outage-seconds",
+        type=bounded_float(minimum=0, maximum=600),
+        default=d.redis_outage_seconds,
+        metavar="SECONDS",
+        help="a quarter of the way in, (a private) Redis stops answering for this long, its "
+        "data kept; the report counts events it sent to the DLQ (must be 0)",
+    )
     add(
         "--stop-timeout",
         type=bounded_float(minimum=2, maximum=120),
@@ -278,6 +287,7 @@ def config_from_args(args: argparse.Namespace, *, run_id: str) -> DrillConfig:
         misbehave_share=args.misbehave_share,
         restart_redis=args.restart_redis,
         store=args.store[0],
+        redis_outage_seconds=args.redis_outage_seconds,
         stop_timeout_seconds=args.stop_timeout,
         worker=args.worker,
         seed=seed,
@@ -307,9 +317,18 @@ def options_from_args(
     )
 
 
+def _private_flag(args: argparse.Namespace) -> str | None:
+    """The flag that needs a Redis of the drill's own (it restarts or pauses it), if any."""
+    if args.restart_redis:
+        return "--restart-redis"
+    if args.redis_outage_seconds > 0:
+        return "--redis-outage-seconds"
+    return None
+
+
 def _redis_url(args: argparse.Namespace) -> str | None:
-    """The Redis named for this run: --redis-url, else REDIS_URL (not with --restart-redis)."""
-    if args.redis_url is not None or args.restart_redis:
+    """The Redis named for this run: --redis-url, else REDIS_URL (not with a private one)."""
+    if args.redis_url is not None or _private_flag(args) is not None:
         return str(args.redis_url) if args.redis_url is not None else None
     return os.environ.get("REDIS_URL") or None
 
@@ -321,10 +340,11 @@ def _say(text: str) -> None:
 def run_command(args: argparse.Namespace) -> int:
     """Run the drill once per ``--store`` (one seed: one schedule), print the reports, write
     ``--json``/``--html``; return the worst exit code."""
-    if args.restart_redis and args.redis_url is not None:
+    flag = _private_flag(args)
+    if flag is not None and args.redis_url is not None:
         _say(
-            "fargate-runtime drill: --restart-redis restarts a private redis-server the drill "
-            f"starts itself, not the one at {redacted(args.redis_url)}: drop one of the two flags"
+            f"fargate-runtime drill: {flag} needs a private redis-server the drill starts "
+            f"itself, not the one at {redacted(args.redis_url)}: drop one of the two flags"
         )
         return _CANNOT_RUN
     first = config_from_args(args, run_id=secrets.token_hex(3))

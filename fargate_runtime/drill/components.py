@@ -7,10 +7,11 @@ SQS: the endpoint named (``--sqs-endpoint``), which must answer HTTP; else moto'
 on a free loopback port, started and stopped here. Redis: the URL named (``--redis-url``, else
 ``REDIS_URL``), which must answer PING; named nowhere, ``redis://127.0.0.1:6379`` when it
 answers, else a private ``redis-server`` on a free port (``redis_origin`` says which).
-``--restart-redis`` needs a private one (the drill never restarts a Redis it does not own), so
-it cannot be combined with a named URL. With ``--store postgres`` the store is a PostgreSQL
-instead, chosen by the same rules (``postgres``), and no Redis is needed. Queues are named after
-the run and deleted at the end when the endpoint is not ours to throw away.
+``--restart-redis`` and ``--redis-outage-seconds`` need a private one (the drill never restarts
+or pauses a Redis it does not own), so they cannot be combined with a named URL. With
+``--store postgres`` the store is a PostgreSQL instead, chosen by the same rules (``postgres``),
+and no Redis is needed. Queues are named after the run and deleted at the end when the endpoint
+is not ours to throw away.
 """
 
 from __future__ import annotations
@@ -138,6 +139,8 @@ class Components:
     sqs_endpoint_url: str | None = None
     redis_url: str | None = None
     private_redis: bool = False
+    # The flag that asked for the private Redis, for the messages about it.
+    private_for: str = "--restart-redis"
     queue_url: str = ""
     dlq_url: str = ""
     redis_origin: RedisOrigin = RedisOrigin.NONE
@@ -218,10 +221,10 @@ class Components:
 
     def _choose_redis(self) -> None:
         if self.private_redis and self.redis_url is not None:
+            flag = self.private_for
             raise ComponentsError(
-                f"--restart-redis restarts a private redis-server the drill starts itself; it will "
-                f"not restart the Redis at {redacted(self.redis_url)}: drop --redis-url or "
-                "--restart-redis"
+                f"{flag} needs a private redis-server the drill starts itself; it will not "
+                f"touch the Redis at {redacted(self.redis_url)}: drop --redis-url or {flag}"
             )
         if self.redis_url is not None:
             if not redis_url_answers(self.redis_url):
@@ -236,7 +239,7 @@ class Components:
             return
         if shutil.which("redis-server") is None:
             why = (
-                "--restart-redis needs a private Redis it may restart"
+                f"{self.private_for} needs a private Redis the drill may stop"
                 if self.private_redis
                 else f"no Redis answers at {DEFAULT_REDIS_URL}"
             )
@@ -256,7 +259,7 @@ class Components:
         """Where the Redis is and why that one, for the drill's first line."""
         url = redacted(self.redis_url or "")
         if self.redis_origin is RedisOrigin.PRIVATE:
-            why = "--restart-redis" if self.private_redis else f"nothing at {DEFAULT_REDIS_URL}"
+            why = self.private_for if self.private_redis else f"nothing at {DEFAULT_REDIS_URL}"
             return f"{url} (a private redis-server: {why})"
         return url
 
@@ -369,6 +372,16 @@ class Components:
         if self.redis is None:
             raise ComponentsError("the drill restarts only a private Redis it started itself")
         await asyncio.to_thread(self.redis.restart)
+
+    async def pause_redis(self, seconds: float) -> None:
+        """Make the private Redis stop answering for ``seconds`` (paused: its data kept)."""
+        if self.redis is None:
+            raise ComponentsError("the drill pauses only a private Redis it started itself")
+        self.redis.pause()
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self.redis.resume()
 
     async def aclose(self) -> None:
         """Delete the queues (on an endpoint we do not own), close the client, stop servers."""

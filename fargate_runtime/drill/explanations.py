@@ -7,8 +7,9 @@ completion record; a Redis restart that erased the record; and, when misbehaving
 being drilled, that worker's blocked event loop (its heartbeat could not renew visibility or
 lease), forced exit or drain deadline. The first two are excused (the
 runtime cannot record what a killed process did not finish), the last only when the provider
-saw the same idempotency key (it absorbed the retry); anything else is a failure of the
-runtime's duplicate suppression.
+saw the same idempotency key (it absorbed the retry); so is a Redis outage (a completion that
+could not be recorded before a stop: the work is retried under the same key). Anything else is a
+failure of the runtime's duplicate suppression.
 """
 
 from __future__ import annotations
@@ -109,6 +110,21 @@ def explain(
         )
     if kills:
         return killed(kills[0], "most likely ")
+    outages = [
+        incident
+        for incident in incidents
+        if incident.kind is IncidentKind.REDIS_OUTAGE
+        and start - _LEASE_HORIZON_SECONDS <= (incident.until or incident.at)
+        and incident.at <= high
+    ]
+    if outages:
+        outage = outages[0]
+        return made(
+            "redis_outage",
+            f"Redis did not answer from {outage.at:.2f} s to {(outage.until or outage.at):.2f} s: "
+            "the completion could not be recorded before the work was handed back",
+            excused=duplicate.idempotency_key == previous.idempotency_key,
+        )
     # Drilled misbehaviour: cut or stalled work is retried (by the next worker, or by itself)
     # with the same key, and the provider absorbs it; with another key it is a double charge.
     same_key = duplicate.idempotency_key == previous.idempotency_key

@@ -8,14 +8,17 @@ One interruption, as the interrupter carries it out::
     t + stop     still alive: SIGKILL, an overrun  (what ECS does at stopTimeout)
 
 A hard kill (chaos) is SIGKILL at ``t`` with no warning, then the replacement. The Redis
-restart stops and starts the private Redis at its planned time. Each act is written down as an
-``Incident``; the report explains duplicate charge attempts with them.
+restart stops and starts the private Redis at its planned time; the Redis outage pauses it
+(SIGSTOP: it answers nothing, keeps its data) for its planned seconds while the interruptions
+go on. Each act is written down as an ``Incident``; the report explains duplicate charge
+attempts with them, and counts what the outage sent to the DLQ.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -23,6 +26,8 @@ from typing import TYPE_CHECKING
 from .workers import EndKind
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from .components import Components
     from .plan import Interruption, Plan
     from .workers import Clock, Fleet, WorkerProcess
@@ -44,6 +49,7 @@ class IncidentKind(enum.Enum):
     OVERRUN_KILL = "overrun_kill"  # SIGKILL at the stop timeout
     HARD_KILL = "hard_kill"  # chaos: SIGKILL without warning
     REDIS_RESTART = "redis_restart"  # chaos: Redis stopped and started, empty
+    REDIS_OUTAGE = "redis_outage"  # chaos: Redis answers nothing for a while, data kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,21 +91,20 @@ class Interrupter:
 
     async def run(self, started_at: float) -> None:
         """Carry out the schedule (times from ``started_at``); cancel to stop early."""
-        acts: list[tuple[float, Interruption | None]] = [
-            (i.at_seconds, i) for i in self._plan.interruptions
+        acts: list[tuple[float, Callable[[], Awaitable[None]]]] = [
+            (i.at_seconds, functools.partial(self._interrupt, i)) for i in self._plan.interruptions
         ]
         if self._plan.redis_restart_at_seconds is not None:
-            acts.append((self._plan.redis_restart_at_seconds, None))
+            acts.append((self._plan.redis_restart_at_seconds, self._restart_redis))
+        if self._plan.redis_outage_at_seconds is not None:
+            acts.append((self._plan.redis_outage_at_seconds, self._begin_outage))
         acts.sort(key=lambda act: act[0])
         self.skipped = len(acts)
-        for due, interruption in acts:
+        for due, act in acts:
             delay = started_at + due - self._clock.now()
             if delay > 0:
                 await asyncio.sleep(delay)
-            if interruption is None:
-                await self._restart_redis()
-            else:
-                await self._interrupt(interruption)
+            await act()
             self.skipped -= 1
 
     async def _restart_redis(self) -> None:
@@ -108,6 +113,19 @@ class Interrupter:
         until = self._clock.now()
         self.incidents.append(Incident(at, IncidentKind.REDIS_RESTART, until=until))
         logger.info("redis restarted", extra={"seconds": round(until - at, 3)})
+
+    async def _begin_outage(self) -> None:
+        """Start the outage in the background: interruptions go on meanwhile."""
+        task = asyncio.create_task(self._outage(), name="redis-outage")
+        self._watchdogs.add(task)
+        task.add_done_callback(self._watchdogs.discard)
+
+    async def _outage(self) -> None:
+        at = self._clock.now()
+        await self._components.pause_redis(self._plan.redis_outage_seconds)
+        until = self._clock.now()
+        self.incidents.append(Incident(at, IncidentKind.REDIS_OUTAGE, until=until))
+        logger.info("redis outage over", extra={"seconds": round(until - at, 3)})
 
     async def _interrupt(self, interruption: Interruption) -> None:
         worker = self._fleet.current.get(interruption.slot)

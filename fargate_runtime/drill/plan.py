@@ -8,6 +8,8 @@ processes, whose timing varies. Everything random is drawn here, from one ``rand
                    which bodies are malformed, and when each is due to be sent
     interruptions  when, which worker slot, SIGTERM (Spot's warning) or SIGKILL (hard kill)
     redis restart  when (half way through the sending), if asked for
+    redis outage   when (a quarter of the way through the sending) and for how long: Redis
+                   stops answering (paused, its data kept), if asked for
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ class DrillConfig:
     # "postgres": the workers keep their records in PostgreSQL and charge inside the handler's
     # transaction (the default worker's PAYMENTS_LEDGER=postgres), in the run's own schema.
     store: str = "redis"
+    # Redis stops answering (paused, data kept) for this long, a quarter into the sending.
+    redis_outage_seconds: float = 0.0
     stop_timeout_seconds: float = 10.0
     worker: str = DEFAULT_WORKER
     seed: int = 1
@@ -90,6 +94,8 @@ class DrillConfig:
             found.append("--events-per-second must be positive")
         if not 0 < self.interrupt_min_seconds <= self.interrupt_max_seconds:
             found.append("--interrupt-every needs 0 < MIN <= MAX")
+        if not 0 <= self.redis_outage_seconds <= 600:
+            found.append("--redis-outage-seconds must be between 0 and 600")
         if self.first_interrupt_seconds < 0:
             found.append("--first-interrupt must not be negative")
         if not 1 <= self.max_receive_count <= 1000:
@@ -98,10 +104,16 @@ class DrillConfig:
             found.append("--timeout must be positive")
         if self.store not in STORES:
             found.append(f"--store must be one of {', '.join(STORES)} (got {self.store!r})")
-        if self.store != "redis" and (self.restart_redis or self.misbehave_share > 0):
-            flag = "--restart-redis" if self.restart_redis else "--misbehave-share"
-            found.append(
+        redis_only = {
+            "--restart-redis": self.restart_redis,
+            "--redis-outage-seconds": self.redis_outage_seconds > 0,
+            "--misbehave-share": self.misbehave_share > 0,
+        }
+        if self.store != "redis":
+            found.extend(
                 f"{flag} is drilled on the redis store only: drop it with --store postgres"
+                for flag, asked in redis_only.items()
+                if asked
             )
         if ":" not in self.worker:
             found.append(f"--worker must look like MODULE:ATTR (got {self.worker!r})")
@@ -135,6 +147,8 @@ class Plan:
     messages: tuple[PlannedMessage, ...]
     interruptions: tuple[Interruption, ...]
     redis_restart_at_seconds: float | None
+    redis_outage_at_seconds: float | None = None
+    redis_outage_seconds: float = 0.0
 
     @property
     def unique_event_ids(self) -> frozenset[str]:
@@ -150,6 +164,15 @@ class Plan:
     def malformed(self) -> int:
         """Messages with a body the worker cannot read."""
         return sum(1 for m in self.messages if m.event_id is None)
+
+    @property
+    def private_redis_flag(self) -> str | None:
+        """The flag that needs a Redis the drill owns (it restarts or pauses it), if any."""
+        if self.redis_restart_at_seconds is not None:
+            return "--restart-redis"
+        if self.redis_outage_at_seconds is not None:
+            return "--redis-outage-seconds"
+        return None
 
     @property
     def sending_seconds(self) -> float:
@@ -222,7 +245,8 @@ def build_plan(config: DrillConfig) -> Plan:
         interruptions.append(Interruption(round(at, 3), rng.randrange(config.workers), hard))
         at += rng.uniform(config.interrupt_min_seconds, config.interrupt_max_seconds)
     restart = round(sending / 2, 3) if config.restart_redis else None
-    return Plan(messages, tuple(interruptions), restart)
+    outage = round(sending / 4, 3) if config.redis_outage_seconds > 0 else None
+    return Plan(messages, tuple(interruptions), restart, outage, config.redis_outage_seconds)
 
 
 def expected_interruptions(config: DrillConfig) -> int:

@@ -11,6 +11,8 @@ How each figure is counted (also in ``--help`` and the README)::
     double_charges              events applied more than once (ledger)
     lost                        unique events neither charged nor in the DLQ at the end
     dead_lettered               messages found in the DLQ (malformed ones belong there)
+    dead_lettered_by_outage     well-formed events found in the DLQ after a Redis outage
+                                (--redis-outage-seconds): must be 0, an outage pauses intake
     handler_executions          handler runs the worker recorded (else: charge_attempts)
     sigterms                    SIGTERMs sent: interruptions and the final scale-in
     overruns                    workers SIGKILLed at the stop timeout after their SIGTERM
@@ -26,9 +28,11 @@ How each figure is counted (also in ``--help`` and the README)::
     duration_seconds            the whole drill, components started to last worker gone
 
 The drill passes (exit 0) only when lost = 0, double_charges = 0, overruns = 0, no worker exited
-on its own (a crash), and every duplicate attempt is explained by a hard kill or a Redis restart
-(with ``--misbehave-share``, also by a misbehaving handler's forced exit or drain deadline, as
-long as the provider saw the same key: cut work is retried, never charged twice).
+on its own (a crash), no event was dead-lettered because of a Redis outage, and every duplicate
+attempt is explained by a hard kill or a Redis restart (with ``--misbehave-share``, also by a
+misbehaving handler's forced exit or drain deadline, and with ``--redis-outage-seconds`` by
+the outage, as long as the provider saw the same key: cut work is retried, never charged
+twice).
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ JSON_FIELDS = (
     "double_charges",
     "lost",
     "dead_lettered",
+    "dead_lettered_by_outage",
     "handler_executions",
     "sigterms",
     "overruns",
@@ -101,6 +106,7 @@ class Observations:
     left_in_queue: int = 0
     skipped_interruptions: int = 0
     misbehave_share: float = 0.0
+    redis_outage_seconds: float = 0.0
 
 
 @dataclass(slots=True)
@@ -116,6 +122,7 @@ class DrillReport:
     double_charges: int
     lost: int
     dead_lettered: int
+    dead_lettered_by_outage: int
     handler_executions: int
     sigterms: int
     overruns: int
@@ -133,6 +140,7 @@ class DrillReport:
     malformed_sent: int = 0
     interruptions: int = 0
     redis_restarts: int = 0
+    redis_outages: int = 0
     executions_recorded: bool = True
     messages_per_second_sent: float = 0.0  # the producer's pace: throughput's ceiling
     explanations: list[Explanation] = field(default_factory=list)
@@ -197,6 +205,11 @@ def build_report(seen: Observations) -> DrillReport:
         double_charges=counts.double_charges,
         lost=len(lost_events),
         dead_lettered=len(seen.dead_letters),
+        dead_lettered_by_outage=(
+            sum(1 for d in seen.dead_letters if d.event_id is not None)
+            if IncidentKind.REDIS_OUTAGE in kinds
+            else 0
+        ),
         handler_executions=counts.handler_executions,
         sigterms=kinds.count(IncidentKind.SIGTERM) + kinds.count(IncidentKind.FINAL_SIGTERM),
         overruns=kinds.count(IncidentKind.OVERRUN_KILL),
@@ -216,6 +229,7 @@ def build_report(seen: Observations) -> DrillReport:
         malformed_sent=sum(1 for m in sent if m.event_id is None),
         interruptions=kinds.count(IncidentKind.SIGTERM),
         redis_restarts=kinds.count(IncidentKind.REDIS_RESTART),
+        redis_outages=kinds.count(IncidentKind.REDIS_OUTAGE),
         executions_recorded=counts.executions_recorded,
         messages_per_second_sent=round(len(sent) / max(seen.plan.sending_seconds, 1.0), 1),
     )
@@ -288,13 +302,20 @@ def _judge(
                 f"{worker.describe()} hit its drain deadline (exit 75): in-flight work was "
                 "cancelled and released"
             )
+    if report.dead_lettered_by_outage:
+        events = sorted(d.event_id for d in seen.dead_letters if d.event_id is not None)
+        failures.append(
+            f"{report.dead_lettered_by_outage} events dead-lettered during a "
+            f"{seen.redis_outage_seconds:g} s Redis outage (an outage must pause intake, not "
+            f"spend receive counts): {_listed(events)}"
+        )
     unexplained = report.unexplained_duplicates
     if unexplained:
         failures.append(
             f"{len(unexplained)} duplicate attempts not explained by a hard kill or a Redis "
             "restart (see the list above)"
         )
-    if dead_uncharged:
+    if dead_uncharged and not report.dead_lettered_by_outage:
         notes.append(
             f"{len(dead_uncharged)} valid events were dead-lettered uncharged (redrive them): "
             f"{_listed(sorted(dead_uncharged))}"

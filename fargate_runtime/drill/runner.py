@@ -4,7 +4,7 @@
 
     components up -> ledger created -> K workers started, all ready
     sending starts (t=0) ---- producer ----------------------------|
-                       ---- interrupter: SIGTERM / SIGKILL / replace, Redis restart --|
+                       ---- interrupter: SIGTERM / SIGKILL / replace, Redis restart / outage --|
     every 0.5 s: sent everything, queue empty, every unique event charged or in the DLQ?
     end (or --timeout) -> every worker SIGTERMed (SIGKILL at the stop timeout) -> DLQ and
     ledger read -> report
@@ -180,7 +180,8 @@ class _Drill:
             max_receive_count=config.max_receive_count,
             sqs_endpoint_url=self.options.sqs_endpoint_url,
             redis_url=self.options.redis_url,
-            private_redis=config.restart_redis,
+            private_redis=self.plan.private_redis_flag is not None,
+            private_for=self.plan.private_redis_flag or "--restart-redis",
             postgres=self.postgres,
         ) as components:
             store = (
@@ -260,6 +261,7 @@ class _Drill:
             left_in_queue=self.depth.total,
             skipped_interruptions=interrupter.skipped,
             misbehave_share=self.config.misbehave_share,
+            redis_outage_seconds=self.config.redis_outage_seconds,
         )
         return DrillRun(build_report(observations), observations, self.ledger_path)
 

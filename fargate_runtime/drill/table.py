@@ -46,6 +46,11 @@ def render_table(report: DrillReport, *, title: str = "") -> str:
         ("charged", str(r.charged), f"of {r.unique_events} unique"),
         ("lost", str(r.lost), "must be 0"),
         ("dead-lettered", str(r.dead_lettered), ""),
+        *(
+            [("dead-lettered by the outage", str(r.dead_lettered_by_outage), "must be 0")]
+            if r.redis_outages
+            else []
+        ),
         ("charge attempts", str(r.charge_attempts), ""),
         (
             "duplicate attempts",
@@ -63,6 +68,7 @@ def render_table(report: DrillReport, *, title: str = "") -> str:
         ("forced exits", str(r.forced_exits), "(exit 70: work the runtime could not stop)"),
         ("SIGKILLs: chaos", str(r.chaos_kills), "(hard kills, no warning)"),
         ("Redis restarts", str(r.redis_restarts), ""),
+        *([("Redis outages", str(r.redis_outages), "")] if r.redis_outages else []),
         ("drain p50", f"{_seconds(r.drain_seconds_p50)} s", "(SIGTERM to exit)"),
         ("drain p95", f"{_seconds(r.drain_seconds_p95)} s", ""),
         (

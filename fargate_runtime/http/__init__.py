@@ -20,18 +20,38 @@ drains in-flight requests within the drain deadline and cuts what is left (exit 
 
 from __future__ import annotations
 
-from .idempotency import (
-    IdempotencyClaim,
-    IdempotencyMiddleware,
-    Principal,
-    header_principal,
-    idempotency_claim,
-    parse_key,
-)
-from .request_context import RequestContextMiddleware
-from .server import HttpServer, serve_asgi
+import importlib
+from typing import TYPE_CHECKING
+
 from .settings import HTTP_ENV_PREFIX, HttpIdempotencySettings, HttpSettings
-from .tracing import TracingMiddleware
+
+if TYPE_CHECKING:
+    from .idempotency import (
+        IdempotencyClaim,
+        IdempotencyMiddleware,
+        Principal,
+        header_principal,
+        idempotency_claim,
+        parse_key,
+    )
+    from .request_context import RequestContextMiddleware
+    from .server import HttpServer, serve_asgi
+    from .tracing import TracingMiddleware
+
+# Loaded on first use: importing them imports uvicorn and starlette, which a worker that only
+# reads its settings (the check of FARGATE_RUNTIME_* variables at start) never needs.
+_LAZY = {
+    "IdempotencyClaim": ".idempotency",
+    "IdempotencyMiddleware": ".idempotency",
+    "Principal": ".idempotency",
+    "header_principal": ".idempotency",
+    "idempotency_claim": ".idempotency",
+    "parse_key": ".idempotency",
+    "RequestContextMiddleware": ".request_context",
+    "HttpServer": ".server",
+    "serve_asgi": ".server",
+    "TracingMiddleware": ".tracing",
+}
 
 __all__ = [
     "HTTP_ENV_PREFIX",
@@ -48,3 +68,12 @@ __all__ = [
     "parse_key",
     "serve_asgi",
 ]
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value

@@ -16,7 +16,9 @@ the guard::
 Results replay with their types (``JsonSerializer``, ``TypedSerializer``); one that cannot be
 stored completes the record without it (``ResultUnavailableError`` for duplicates), never a
 second run. Batch callers (the SQS consumer) call ``claim_many`` / ``complete_many`` on the
-store directly, one round trip for a whole receive batch, with one ``attempt_owner`` per call.
+store directly, one round trip for a whole receive batch, with one ``attempt_owner`` per call
+(or a ``delivery_owner`` per message). Stores that implement ``CountingStore`` (Redis, memory)
+also keep the consumer's per-message counters.
 
 With ``PostgresStore`` (``FARGATE_RUNTIME_IDEMPOTENCY_STORE=postgres``) the record can commit in
 the handler's own transaction: exactly-once database effects, see ``postgres_transaction``::
@@ -48,6 +50,8 @@ from ._store import (
     ClaimResult,
     ClaimStatus,
     Completion,
+    CountChange,
+    CountingStore,
     Held,
     IdempotencyStore,
     RecordState,
@@ -58,7 +62,7 @@ from .connection import open_store, redis_client
 from .guard import Guard
 from .keys import MAX_KEY_LENGTH, fingerprint, scoped_key
 from .memory_store import ManualClock, MemoryStore
-from .owners import attempt_owner
+from .owners import attempt_owner, delivery_owner
 from .postgres_schema import schema_sql
 from .postgres_store import PostgresStore
 from .postgres_transaction import Transaction, TransactionalClaim
@@ -77,6 +81,8 @@ __all__ = [
     "ClaimResult",
     "ClaimStatus",
     "Completion",
+    "CountChange",
+    "CountingStore",
     "FailurePolicy",
     "Guard",
     "GuardStats",
@@ -105,6 +111,7 @@ __all__ = [
     "TypedSerializer",
     "attempt_owner",
     "current_claim",
+    "delivery_owner",
     "encode_result",
     "fingerprint",
     "load_idempotency_settings",

@@ -1,11 +1,13 @@
-"""Releasing claims without the event loop: the last resort of a process that must end now.
+"""Releasing and completing claims without the event loop: the last resort of a process that
+must end now.
 
 When the watchdog ends a process whose loop is blocked (or stopped), ``redis.asyncio`` cannot
-run; claims left behind would block their keys for the rest of their lease. This builds a
-synchronous redis-py client to the same server (host/port or Unix socket, TLS, credentials
-taken from the async client's pool) and runs the same compare-and-delete release script once,
-with short timeouts. Sentinel-managed and Cluster clients are not rebuilt here: their claims
-are left to their lease (logged by the caller).
+run; claims left behind would block their keys for the rest of their lease, and work that
+finished but whose completion never went out would run again. This builds a synchronous
+redis-py client to the same server (host/port or Unix socket, TLS, credentials taken from the
+async client's pool) and runs the same compare-and-set scripts (release, complete) once, with
+short timeouts. Sentinel-managed and Cluster clients are not rebuilt here: their claims are
+left to their lease (logged by the caller).
 """
 
 from __future__ import annotations
@@ -16,16 +18,16 @@ from typing import TYPE_CHECKING, Any
 import redis
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
 
-from ._scripts import RELEASE, flags
+from ._scripts import COMPLETE, RELEASE, flags
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from redis.asyncio import Redis
 
-    from ._store import Held
+    from ._store import Completion, Held
 
-__all__ = ["release_blocking"]
+__all__ = ["complete_blocking", "release_blocking"]
 
 logger = logging.getLogger("fargate_runtime.idempotency")
 
@@ -82,3 +84,29 @@ def release_blocking(client: Redis, held: Sequence[Held], *, timeout_seconds: fl
     finally:
         sync.close()
     return sum(flags(reply))
+
+
+def complete_blocking(
+    client: Redis,
+    completions: Sequence[Completion],
+    *,
+    retention_ms: int,
+    timeout_seconds: float,
+) -> list[bool] | None:
+    """Complete the claims still ours, synchronously: each one's answer, None when unreachable."""
+    if not completions:
+        return []
+    sync = _sync_client(client, timeout_seconds)
+    if sync is None:
+        return None
+    keys = [completion.key for completion in completions]
+    tokens = " ".join(str(completion.token) for completion in completions)
+    results = [completion.result for completion in completions]
+    try:
+        reply = sync.eval(COMPLETE.body, len(keys), *keys, retention_ms, tokens, *results)
+    except (redis.RedisError, OSError) as exc:
+        logger.warning("completions not recorded", extra={"count": len(keys), "error": repr(exc)})
+        return None
+    finally:
+        sync.close()
+    return flags(reply)

@@ -53,13 +53,24 @@ def unavailable_errors() -> tuple[type[BaseException], ...]:
 class Statements:
     """The calls of the schema's functions, qualified by the (validated) schema name."""
 
-    __slots__ = ("claim", "cleanup", "complete", "record_step", "release", "renew", "steps")
+    __slots__ = (
+        "claim",
+        "cleanup",
+        "complete",
+        "count",
+        "record_step",
+        "release",
+        "renew",
+        "steps",
+    )
 
     def __init__(self, schema: str) -> None:
         # The schema name is validated against [a-z_][a-z0-9_]* by the settings and the schema
         # check, so it can be part of the statement; every value goes as a parameter.
         s = schema
-        self.claim = f"SELECT * FROM {s}.idempotency_claim($1::text[], $2::text[], $3, $4)"  # noqa: S608
+        self.claim = (
+            f"SELECT * FROM {s}.idempotency_claim($1::text[], $2::text[], $3::text[], $4, $5)"  # noqa: S608
+        )
         self.complete = (
             f"SELECT * FROM {s}.idempotency_complete($1::text[], $2::bigint[], $3::bytea[], $4)"  # noqa: S608
         )
@@ -68,6 +79,9 @@ class Statements:
         self.record_step = f"SELECT {s}.idempotency_record_step($1, $2, $3, $4)"
         self.steps = f"SELECT {s}.idempotency_steps($1, $2)"
         self.cleanup = f"SELECT {s}.idempotency_cleanup($1)"
+        self.count = (
+            f"SELECT * FROM {s}.idempotency_count($1::text[], $2::text[], $3::bigint[], $4)"  # noqa: S608
+        )
 
 
 def completion_arguments(

@@ -28,7 +28,17 @@ from ._store import ClaimResult, ClaimStatus
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["CLAIM", "COMPLETE", "RELEASE", "RENEW", "Script", "claim_results", "flags"]
+__all__ = [
+    "CLAIM",
+    "COMPLETE",
+    "COUNT",
+    "RELEASE",
+    "RENEW",
+    "Script",
+    "claim_results",
+    "counts",
+    "flags",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +66,8 @@ end
 
 # KEYS: n records, then the fencing counters they use.
 # ARGV: owner, lease ms, each record's counter position (1-based, joined; "" when there is only
-# one counter, the usual case), then the n fingerprints.
+# one counter, the usual case), then the n fingerprints, then the records' own owners packed in
+# one argument as "<bytes>:<owner>" each ("" for all: the call's owner; "0:" for one).
 # Reply: {header, result...}. The header has one word per record: "1:token" acquired,
 # "2:token" completed (its stored result follows the header, in record order), "3" in progress,
 # "4" mismatch.
@@ -68,9 +79,21 @@ CLAIM = Script(
     "claim",
     _WORDS
     + """
-local owner, lease = ARGV[1], ARGV[2]
-local n = #ARGV - 3
+local lease = ARGV[2]
+local n = #ARGV - 4
 local positions = words(ARGV[3])
+local owners, packed, at = {}, ARGV[#ARGV], 1
+while at <= #packed do
+  local colon = string.find(packed, ':', at, true)
+  local size = tonumber(string.sub(packed, at, colon - 1))
+  owners[#owners + 1] = string.sub(packed, colon + 1, colon + size)
+  at = colon + size + 1
+end
+local function owner_of(i)
+  local own = owners[i]
+  if own == nil or own == '' then return ARGV[1] end
+  return own
+end
 local function fence_of(i)
   return KEYS[n + (tonumber(positions[i]) or 1)]
 end
@@ -106,7 +129,7 @@ for i = 1, n do
     local fence = fence_of(i)
     last[fence] = last[fence] + 1
     local token = string.format('%d', last[fence])
-    value = 'p' .. token .. ':' .. #fp .. ':' .. fp .. owner
+    value = 'p' .. token .. ':' .. #fp .. ':' .. fp .. owner_of(i)
     redis.call('SET', key, value, 'PX', lease)
     written[key] = value
     header[i] = '1:' .. token
@@ -118,7 +141,7 @@ for i = 1, n do
     elseif string.sub(value, 1, 1) == 'c' then
       header[i] = '2:' .. token
       results[#results + 1] = string.sub(value, fp_end + 1)
-    elseif not answered[key] and string.sub(value, fp_end + 1) == owner then
+    elseif not answered[key] and string.sub(value, fp_end + 1) == owner_of(i) then
       redis.call('PEXPIRE', key, lease)
       header[i] = '1:' .. token
     else
@@ -206,6 +229,26 @@ return table.concat(out)
 """,
 )
 
+# KEYS: counter hashes. ARGV: TTL ms, then per key its field and the amount to add ("0": read).
+# Reply: per key, its fields and values joined by spaces ("r 2 f 1"), after the change. A key
+# changed restarts its TTL; one only read keeps it.
+COUNT = Script(
+    "count",
+    """
+local ttl = ARGV[1]
+local out = {}
+for i = 1, #KEYS do
+  local field, amount = ARGV[2 * i], tonumber(ARGV[2 * i + 1])
+  if amount ~= 0 then
+    redis.call('HINCRBY', KEYS[i], field, amount)
+    redis.call('PEXPIRE', KEYS[i], ttl)
+  end
+  out[i] = table.concat(redis.call('HGETALL', KEYS[i]), ' ')
+end
+return out
+""",
+)
+
 # The claim script's status codes.
 _STATUSES = {
     b"1": ClaimStatus.ACQUIRED,
@@ -235,3 +278,12 @@ def claim_results(keys: Sequence[str], reply: list[bytes]) -> list[ClaimResult]:
 def flags(reply: bytes) -> list[bool]:
     """Decode the other scripts' one-character-per-record reply ("1" done, "0" refused)."""
     return [flag == ord("1") for flag in reply]
+
+
+def counts(reply: list[bytes]) -> list[dict[str, int]]:
+    """Decode the count script's reply (see ``COUNT``): one dict of counters per key."""
+    decoded = []
+    for entry in reply:
+        words = entry.split()
+        decoded.append({words[i].decode(): int(words[i + 1]) for i in range(0, len(words) - 1, 2)})
+    return decoded

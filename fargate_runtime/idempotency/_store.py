@@ -29,6 +29,8 @@ __all__ = [
     "ClaimResult",
     "ClaimStatus",
     "Completion",
+    "CountChange",
+    "CountingStore",
     "Held",
     "IdempotencyStore",
     "RecordState",
@@ -54,10 +56,16 @@ class ClaimStatus(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class ClaimRequest:
-    """One key to claim: the full key (see ``scoped_key``) and the payload's fingerprint."""
+    """One key to claim: the full key (see ``scoped_key``) and the payload's fingerprint.
+
+    ``owner`` names this key's attempt when it differs from the call's (the SQS consumer gives
+    each message its own, so a redelivery of that message recognises its claim while a
+    duplicate message with the same key does not); None: the ``owner`` of the call.
+    """
 
     key: str
     fingerprint: str
+    owner: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +99,32 @@ class Completion:
     result: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class CountChange:
+    """Add ``amount`` to counter ``field`` of the counters at ``key`` (0: only read them)."""
+
+    key: str
+    field: str
+    amount: int = 0
+
+
+@runtime_checkable
+class CountingStore(Protocol):
+    """A store that also keeps small integer counters per key: an optional capability.
+
+    The SQS consumer counts there how often the runtime itself handed a message back (at a
+    shutdown, behind a failed FIFO message), so a receive count climbed for those reasons does
+    not send the message to the dead-letter queue. Counters are not idempotency records: they
+    live beside them (their own keys) and expire ``ttl_seconds`` after their last change.
+    """
+
+    async def count_many(
+        self, changes: Sequence[CountChange], *, ttl_seconds: float
+    ) -> list[dict[str, int]]:
+        """Apply every change in one atomic step; return each key's counters after it."""
+        ...
+
+
 @runtime_checkable
 class IdempotencyStore(Protocol):
     """What the guard, the SQS consumer and the HTTP middleware need from a store.
@@ -106,7 +140,11 @@ class IdempotencyStore(Protocol):
     async def claim_many(
         self, requests: Sequence[ClaimRequest], *, owner: str, lease_seconds: float
     ) -> list[ClaimResult]:
-        """Claim every key; a key repeated in one call is claimed once (later ones IN_PROGRESS)."""
+        """Claim every key; a key repeated in one call is claimed once (later ones IN_PROGRESS).
+
+        A key in progress under the same owner (the request's own, else ``owner``) and
+        fingerprint is that owner's claim: ACQUIRED again with its token, the lease restarted.
+        """
         ...
 
     async def complete_many(

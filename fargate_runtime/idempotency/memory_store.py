@@ -23,7 +23,7 @@ from .serialization import DEFAULT_MAX_RESULT_BYTES, check_result_size
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from ._store import ClaimRequest, Completion, Held
+    from ._store import ClaimRequest, Completion, CountChange, Held
 
 __all__ = ["ManualClock", "MemoryStore"]
 
@@ -74,11 +74,17 @@ class MemoryStore(StoreBase):
         self._loop = LoopBinding("MemoryStore")
         self._records: dict[str, _Record] = {}
         self._counters: dict[str, int] = {}
+        # CountingStore's counters: key -> (fields, expiry).
+        self._counts: dict[str, tuple[dict[str, int], float]] = {}
         self._unavailable = False
 
     def set_unavailable(self, unavailable: bool) -> None:
         """Simulate an outage (True) or end it (False)."""
         self._unavailable = unavailable
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailableError while set unavailable (the Redis store's readiness probe)."""
+        await self._enter()
 
     def __len__(self) -> int:
         """How many live records there are."""
@@ -124,7 +130,11 @@ class MemoryStore(StoreBase):
                 token = self._counters.get(counter, 0) + 1
                 self._counters[counter] = token
                 self._records[request.key] = _Record(
-                    RecordState.IN_PROGRESS, owner, token, request.fingerprint, now + lease
+                    RecordState.IN_PROGRESS,
+                    request.owner or owner,
+                    token,
+                    request.fingerprint,
+                    now + lease,
                 )
                 results.append(ClaimResult(request.key, ClaimStatus.ACQUIRED, token))
             elif record.fingerprint != request.fingerprint:
@@ -133,7 +143,7 @@ class MemoryStore(StoreBase):
                 results.append(
                     ClaimResult(request.key, ClaimStatus.COMPLETED, record.token, record.result)
                 )
-            elif first and record.owner == owner:
+            elif first and record.owner == (request.owner or owner):
                 # This attempt's own claim (a retry after a lost reply): ours, lease restarted.
                 record.expires_at = now + lease
                 results.append(ClaimResult(request.key, ClaimStatus.ACQUIRED, record.token))
@@ -186,3 +196,24 @@ class MemoryStore(StoreBase):
                 record.expires_at = now + lease
             renewed.append(record is not None)
         return renewed
+
+    async def count_many(
+        self, changes: Sequence[CountChange], *, ttl_seconds: float
+    ) -> list[dict[str, int]]:
+        """Change and read per-key counters atomically (see ``CountingStore``)."""
+        ttl = _limits.retention(ttl_seconds)
+        now = await self._enter()
+        answers = []
+        for change in changes:
+            fields, expires_at = self._counts.get(change.key, ({}, now))
+            if expires_at <= now:
+                fields = {}
+            if change.amount:
+                fields[change.field] = fields.get(change.field, 0) + change.amount
+                expires_at = now + ttl
+            if fields:
+                self._counts[change.key] = (fields, expires_at)
+            else:
+                self._counts.pop(change.key, None)  # expired: what a TTL would have done
+            answers.append(dict(fields))
+        return answers

@@ -16,6 +16,13 @@ call passes the same id. ``attempt_owner(base)`` makes one::
 ``base`` says where it ran (``ecs.owner_id()``: task id and pid) for people reading records; the
 nonce (random, drawn again in a forked child) keeps two processes apart even when they were
 given the same base; the counter keeps the attempts of one process apart.
+
+A caller whose attempts have a name of their own uses ``delivery_owner(base, name)`` instead:
+the SQS consumer names each attempt by the message id, so a redelivery of one message to the
+same process (after a release that did not reach the store, or a completion retried) finds its
+own record, while a duplicate message with the same key (another message id) does not::
+
+    <base>/<process nonce>.m.<message id>
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import itertools
 import os
 import secrets
 
-__all__ = ["attempt_owner"]
+__all__ = ["attempt_owner", "delivery_owner"]
 
 
 class _Attempts:
@@ -46,3 +53,8 @@ def attempt_owner(base: str) -> str:
     """A new owner id for one claim attempt; pass the same id again only to retry that call."""
     # next() on itertools.count is atomic under the GIL: threads never get the same number.
     return f"{base}/{_attempts.nonce}.{next(_attempts.counter)}"
+
+
+def delivery_owner(base: str, delivery_id: str) -> str:
+    """The owner id of every attempt at one delivery (an SQS message id) in this process."""
+    return f"{base}/{_attempts.nonce}.m.{delivery_id}"

@@ -28,18 +28,19 @@ __all__ = [
 ]
 
 DEFAULT_SCHEMA = "fargate_runtime"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 # The two lines of the file that name the schema (each ends with the marker "-- schema").
 _MARKED = re.compile(r"^(.*\b)fargate_runtime(\b.*-- schema)$", re.MULTILINE)
 _FUNCTIONS = (
-    "idempotency_claim(text[], text[], text, bigint)",
+    "idempotency_claim(text[], text[], text[], text, bigint)",
     "idempotency_complete(text[], bigint[], bytea[], bigint)",
     "idempotency_release(text[], bigint[])",
     "idempotency_renew(text[], bigint[], bigint)",
     "idempotency_record_step(text, bigint, text, bigint)",
     "idempotency_steps(text, bigint)",
     "idempotency_cleanup(integer)",
+    "idempotency_count(text[], text[], bigint[], bigint)",
 )
 
 
@@ -100,12 +101,8 @@ async def check_schema(
             f"fargate-runtime needs {SCHEMA_VERSION}: {apply_hint}"
         )
     checks = [
-        (
-            f"{right} on {name}.idempotency_records",
-            "has_table_privilege",
-            "idempotency_records",
-            right,
-        )
+        (f"{right} on {name}.{table}", "has_table_privilege", table, right)
+        for table in ("idempotency_records", "idempotency_counters")
         for right in ("SELECT", "INSERT", "UPDATE", "DELETE")
     ]
     checks.append(

@@ -1,4 +1,4 @@
--- fargate-runtime: idempotency records in PostgreSQL, schema version 1.
+-- fargate-runtime: idempotency records in PostgreSQL, schema version 2.
 --
 -- Apply it once per database, before the workers start (workers never create or migrate it):
 --     fargate-runtime postgres-schema --apply        (reads FARGATE_RUNTIME_IDEMPOTENCY_POSTGRES_URL)
@@ -8,7 +8,7 @@
 -- marked "-- schema" (fargate-runtime postgres-schema --schema NAME --print does it for you).
 --
 -- What the workers' database role needs: USAGE on the schema; SELECT, INSERT, UPDATE, DELETE on
--- idempotency_records; USAGE on idempotency_tokens; EXECUTE on the functions (PUBLIC has it
+-- idempotency_records and idempotency_counters; USAGE on idempotency_tokens; EXECUTE on the functions (PUBLIC has it
 -- unless revoked). `fargate-runtime postgres-schema --check` says which one is missing.
 --
 -- A record per key, written only by the functions below (each call is one round trip and one
@@ -50,17 +50,31 @@ CREATE TABLE IF NOT EXISTS idempotency_records (
 CREATE INDEX IF NOT EXISTS idempotency_records_expires_at
     ON idempotency_records (expires_at);
 
+-- Small counters per key (the SQS consumer's per-message hand-back and failure counts): not
+-- idempotency records, they live beside them and are forgotten ttl after their key's last change.
+CREATE TABLE IF NOT EXISTS idempotency_counters (
+    key         text        NOT NULL,
+    field       text        NOT NULL,
+    value       bigint      NOT NULL,
+    expires_at  timestamptz NOT NULL,
+    PRIMARY KEY (key, field)
+);
+CREATE INDEX IF NOT EXISTS idempotency_counters_expires_at
+    ON idempotency_counters (expires_at);
+
 CREATE OR REPLACE FUNCTION idempotency_schema_version() RETURNS integer
-LANGUAGE sql IMMUTABLE AS $$ SELECT 1 $$;
+LANGUAGE sql IMMUTABLE AS $$ SELECT 2 $$;
 
 -- Claim every key. o_status: 1 acquired (o_token is ours), 2 completed (o_token and o_result
 -- of the completing claim), 3 in progress elsewhere, 4 same key with another fingerprint.
 -- A key repeated in one call is claimed once; later occurrences are only classified. A live
 -- claim of this very owner, same fingerprint, is this call's own (an earlier try whose reply was
 -- lost: owner ids name one attempt, see owners.py): acquired again with its token, its lease
--- restarted. Only a key's first occurrence in the call is recognised so.
+-- restarted. Only a key's first occurrence in the call is recognised so. p_owners names each
+-- request's own owner (an SQS delivery's, see delivery_owner); NULL or '' there means p_owner.
+DROP FUNCTION IF EXISTS idempotency_claim(text[], text[], text, bigint);  -- schema version 1
 CREATE OR REPLACE FUNCTION idempotency_claim(
-    p_keys text[], p_fingerprints text[], p_owner text, p_lease_ms bigint
+    p_keys text[], p_fingerprints text[], p_owners text[], p_owner text, p_lease_ms bigint
 ) RETURNS TABLE (o_index integer, o_status smallint, o_token bigint, o_result bytea)
 LANGUAGE plpgsql SET search_path FROM CURRENT SET lock_timeout = '2s' AS $$
 DECLARE
@@ -70,12 +84,15 @@ DECLARE
     v_seen text[] := '{}';
     v_item record;
     v_row record;
+    v_owner text;
 BEGIN
     FOR v_item IN
-        SELECT k.key, k.fingerprint, k.n
-        FROM unnest(p_keys, p_fingerprints) WITH ORDINALITY AS k(key, fingerprint, n)
+        SELECT k.key, k.fingerprint, k.owner, k.n
+        FROM unnest(p_keys, p_fingerprints, p_owners)
+             WITH ORDINALITY AS k(key, fingerprint, owner, n)
         ORDER BY k.key, k.n
     LOOP
+        v_owner := COALESCE(NULLIF(v_item.owner, ''), p_owner);
         o_index := v_item.n;
         o_status := 3;
         o_token := NULL;
@@ -87,7 +104,7 @@ BEGIN
                 -- A new key, the usual case: one insert.
                 INSERT INTO idempotency_records AS r
                     (key, state, owner, token, fingerprint, lease_until, expires_at, updated_at)
-                VALUES (v_item.key, 'in_progress', p_owner, nextval('idempotency_tokens'),
+                VALUES (v_item.key, 'in_progress', v_owner, nextval('idempotency_tokens'),
                         v_item.fingerprint, v_now + v_lease, v_now + v_lease, v_now)
                 ON CONFLICT (key) DO NOTHING
                 RETURNING r.token INTO v_token;
@@ -101,7 +118,7 @@ BEGIN
                 -- own live claim, keeping its token (the only live row the WHERE lets through).
                 UPDATE idempotency_records AS r SET
                     state = 'in_progress',
-                    owner = p_owner,
+                    owner = v_owner,
                     token = CASE WHEN r.expires_at > v_now AND r.lease_until > v_now
                                  THEN r.token ELSE nextval('idempotency_tokens') END,
                     fingerprint = v_item.fingerprint,
@@ -113,7 +130,7 @@ BEGIN
                 WHERE r.key = v_item.key
                   AND (r.expires_at <= v_now
                        OR (r.state = 'in_progress' AND r.fingerprint = v_item.fingerprint
-                           AND (r.lease_until <= v_now OR r.owner = p_owner)))
+                           AND (r.lease_until <= v_now OR r.owner = v_owner)))
                 RETURNING r.token INTO v_token;
                 IF FOUND THEN
                     o_status := 1;
@@ -277,6 +294,42 @@ LANGUAGE sql STABLE SET search_path FROM CURRENT AS $$
       AND r.lease_until > clock_timestamp()
 $$;
 
+-- Change and read counters: each (key, field, amount) applied in order, amount 0 only reads;
+-- o_counters is the key's counters after its change, as a JSON object. A change restarts the
+-- key's ttl; a read leaves it. Keys are locked in key order first (advisory, transaction-long):
+-- two batches never deadlock, and a key's counters never change between a change and its read.
+CREATE OR REPLACE FUNCTION idempotency_count(
+    p_keys text[], p_fields text[], p_amounts bigint[], p_ttl_ms bigint
+) RETURNS TABLE (o_index integer, o_counters jsonb)
+LANGUAGE plpgsql SET search_path FROM CURRENT SET lock_timeout = '2s' AS $$
+DECLARE
+    v_now timestamptz := clock_timestamp();
+    v_ttl interval := p_ttl_ms * interval '1 millisecond';
+    v_item record;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtextextended(k.key, 7357328491004))
+    FROM (SELECT DISTINCT unnest(p_keys) AS key ORDER BY 1) AS k;
+    FOR v_item IN
+        SELECT c.key, c.field, c.amount, c.n
+        FROM unnest(p_keys, p_fields, p_amounts) WITH ORDINALITY AS c(key, field, amount, n)
+        ORDER BY c.n
+    LOOP
+        DELETE FROM idempotency_counters AS c WHERE c.key = v_item.key AND c.expires_at <= v_now;
+        IF v_item.amount <> 0 THEN
+            INSERT INTO idempotency_counters AS c (key, field, value, expires_at)
+            VALUES (v_item.key, v_item.field, v_item.amount, v_now + v_ttl)
+            ON CONFLICT (key, field) DO UPDATE SET value = c.value + EXCLUDED.value;
+            UPDATE idempotency_counters AS c SET expires_at = v_now + v_ttl
+            WHERE c.key = v_item.key;
+        END IF;
+        o_index := v_item.n;
+        SELECT COALESCE(jsonb_object_agg(c.field, c.value), '{}'::jsonb) INTO o_counters
+        FROM idempotency_counters AS c WHERE c.key = v_item.key;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
 -- Delete at most p_limit forgotten rows, skipping rows another transaction holds: short
 -- transactions, no long locks. Returns how many went; call again while it returns p_limit.
 CREATE OR REPLACE FUNCTION idempotency_cleanup(p_limit integer) RETURNS integer
@@ -293,6 +346,13 @@ BEGIN
     )
     DELETE FROM idempotency_records AS r USING doomed WHERE r.key = doomed.key;
     GET DIAGNOSTICS v_deleted = ROW_COUNT;
+    DELETE FROM idempotency_counters AS c
+    WHERE (c.key, c.field) IN (
+        SELECT o.key, o.field FROM idempotency_counters AS o
+        WHERE o.expires_at < clock_timestamp()
+        LIMIT p_limit
+        FOR UPDATE SKIP LOCKED
+    );
     RETURN v_deleted;
 END
 $$;

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 from typing import TYPE_CHECKING, Any
@@ -51,7 +52,7 @@ if TYPE_CHECKING:
 
     import asyncpg
 
-    from ._store import ClaimRequest, Completion
+    from ._store import ClaimRequest, Completion, CountChange
     from .postgres_transaction import TransactionalClaim
     from .settings import IdempotencySettings
 
@@ -304,6 +305,7 @@ class PostgresStore(StoreBase):
             self._sql.claim,
             [request.key for request in requests],
             [request.fingerprint for request in requests],
+            [request.owner for request in requests],  # None: the call's owner
             owner,
             lease,
         )
@@ -352,6 +354,27 @@ class PostgresStore(StoreBase):
             lease,
         )
         return flags(rows, len(held))
+
+    async def count_many(
+        self, changes: Sequence[CountChange], *, ttl_seconds: float
+    ) -> list[dict[str, int]]:
+        """Change and read per-key counters in one call (see ``CountingStore``)."""
+        ttl = milliseconds(_limits.retention(ttl_seconds))
+        if not changes:
+            return []
+        rows = await self._fetch(
+            "counters",
+            self._sql.count,
+            [change.key for change in changes],
+            [change.field for change in changes],
+            [change.amount for change in changes],
+            ttl,
+        )
+        answers: list[dict[str, int]] = [{} for _ in changes]
+        for index, counters in rows:
+            # asyncpg hands jsonb back as its text
+            answers[index - 1] = {k: int(v) for k, v in json.loads(counters).items()}
+        return answers
 
     def check_results(self, completions: Sequence[Completion]) -> None:
         """ResultTooLargeError before anything is written (the claim stays held)."""

@@ -39,10 +39,10 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from ..errors import StoreUnavailableError
 from . import _limits
-from ._blocking_release import release_blocking
+from ._blocking_release import complete_blocking, release_blocking
 from ._eviction import EvictionCheck
 from ._loop import LoopBinding
-from ._scripts import CLAIM, COMPLETE, RELEASE, RENEW, Script, claim_results, flags
+from ._scripts import CLAIM, COMPLETE, COUNT, RELEASE, RENEW, Script, claim_results, counts, flags
 from ._slots import fence_key, group_by_slot
 from ._store import ClaimResult, ClaimStatus, Held, StoreBase
 from .serialization import DEFAULT_MAX_RESULT_BYTES, check_result_size
@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 
     from redis.asyncio import Redis
 
-    from ._store import ClaimRequest, Completion
+    from ._store import ClaimRequest, Completion, CountChange
 
 __all__ = ["RedisStore"]
 
@@ -72,6 +72,14 @@ def _utf8(text: str) -> bytes:
 
 def _joined(numbers: Iterable[int]) -> bytes:
     return b" ".join(b"%d" % number for number in numbers)
+
+
+def _packed(owners: Sequence[str | None]) -> bytes:
+    """Per-record owners in one argument, ``<bytes>:<owner>`` each; empty when none has one."""
+    if not any(owners):
+        return b""
+    parts = [_utf8(owner or "") for owner in owners]
+    return b"".join(b"%d:%s" % (len(part), part) for part in parts)
 
 
 def _default_call_limit(client: Redis | RedisCluster) -> int | None:
@@ -297,6 +305,7 @@ class RedisStore(StoreBase):
                     lease,
                     _joined(positions) if len(counters) > 1 else b"",
                     *(_utf8(requests[i].fingerprint) for i in group),
+                    _packed([requests[i].owner for i in group]),
                 ],
             )
             return claim_results(group_keys, reply)
@@ -356,6 +365,38 @@ class RedisStore(StoreBase):
         if isinstance(self._client, RedisCluster):
             return 0  # per-slot scripts need the cluster client's routing: left to the lease
         return release_blocking(self._client, held, timeout_seconds=timeout_seconds)
+
+    def complete_blocking(
+        self, completions: Sequence[Completion], *, retention_seconds: float, timeout_seconds: float
+    ) -> list[bool] | None:
+        """Complete claims without the event loop (the watchdog's last resort); None when Redis
+        could not be asked (unreachable, or a cluster client: its routing needs the loop)."""
+        if isinstance(self._client, RedisCluster):
+            return None
+        return complete_blocking(
+            self._client,
+            completions,
+            retention_ms=_ms(_limits.retention(retention_seconds)),
+            timeout_seconds=timeout_seconds,
+        )
+
+    async def count_many(
+        self, changes: Sequence[CountChange], *, ttl_seconds: float
+    ) -> list[dict[str, int]]:
+        """Change and read per-key counters, one script per slot (see ``CountingStore``)."""
+        ttl = _ms(_limits.retention(ttl_seconds))
+        if not changes:
+            return []
+
+        async def run(group: list[int]) -> list[dict[str, int]]:
+            arguments: list[bytes | int] = [ttl]
+            for i in group:
+                arguments += [_utf8(changes[i].field), changes[i].amount]
+            reply = await self._eval(COUNT, [changes[i].key for i in group], arguments)
+            return counts(reply)
+
+        placed, failures = await self._per_slot([change.key for change in changes], run)
+        return self._all(placed, failures)
 
     async def renew_many(self, held: Sequence[Held], *, lease_seconds: float) -> list[bool]:
         """Extend leases still ours (see ``IdempotencyStore.renew_many``)."""

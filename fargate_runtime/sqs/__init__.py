@@ -37,11 +37,17 @@ The same, written out (for several queues, your own store, or a consumer beside 
             idempotency=Idempotency.from_settings(store, store_settings),
             key=json_field("event_id"),
         )
+        await consumer.prepare()  # the queue checked during setup: a bad one exits 78
         rt.add_service(consumer.run, name="sqs-consumer")
+
+What holds when Redis, SQS or a handler misbehaves (store outages pause intake, completions are
+retried, the DLQ only for a message's own failures) is in the README, "What the SQS consumer
+guarantees".
 """
 
 from __future__ import annotations
 
+from ._queue import QueueFacts
 from .acks import AckOutcome
 from .backoff import Backoff, Retry
 from .claims import (
@@ -77,6 +83,7 @@ __all__ = [
     "Message",
     "MessageContext",
     "MessageOutcome",
+    "QueueFacts",
     "Retry",
     "SqsSettings",
     "body_fingerprint",

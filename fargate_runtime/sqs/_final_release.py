@@ -5,9 +5,17 @@ before the process ends: by the supervisor after its teardown (messages whose ha
 its cancellation in a thread, now finished), or by the watchdog at the hard deadline (the loop
 is blocked, or work would not stop). It sends, with a synchronous botocore client of its own:
 
+    finished work recorded                   (a handler that returned, its completion not yet
+                                              on record: completed now, synchronously)
     claims of unfinished messages released   (so a redelivery can claim the key at once)
     unfinished messages made visible         (ChangeMessageVisibilityBatch 0)
-    finished messages deleted                (completed, or their delete still queued)
+    finished messages deleted                (completed, or their delete still queued; also
+                                              finished ones whose completion the store could
+                                              not take: the work is done, a rerun is what the
+                                              record was for)
+
+Recording finished work here is what keeps a forced exit (a blocked loop that never sent a
+completion already queued) from running that work again elsewhere.
 
 The async client cannot be used: its calls need the loop that is blocked or gone. botocore is
 already loaded (aiobotocore is built on it); the client itself is built in ``prepare``, when
@@ -21,6 +29,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from ..idempotency import Completion
 from .settings import MAX_BATCH
 
 if TYPE_CHECKING:
@@ -28,6 +37,7 @@ if TYPE_CHECKING:
 
     from ..idempotency import IdempotencyStore
     from ._holdings import Holdings
+    from ._inflight import InFlight
 
 __all__ = ["FinalRelease"]
 
@@ -42,9 +52,15 @@ class FinalRelease:
     """``release(seconds)``: hand back everything still held, from any thread, once."""
 
     def __init__(
-        self, holdings: Holdings, *, client: SQSClient, store: IdempotencyStore | None
+        self,
+        holdings: Holdings,
+        *,
+        client: SQSClient,
+        store: IdempotencyStore | None,
+        retention_seconds: float = 0.0,
     ) -> None:
         self._holdings = holdings
+        self._retention = retention_seconds
         self._queue_url = holdings.settings.queue_url
         self._async_client = client
         self._store = store
@@ -79,8 +95,11 @@ class FinalRelease:
         """Release what is held, delete what is finished, within about ``seconds``."""
         deadline = time.monotonic() + seconds
         held = self._holdings.snapshot()
-        finished = [item for item in held if item.completed]
-        unfinished = [item for item in held if not item.completed]
+        recorded, _ = self._record(
+            [i for i in held if i.succeeded and not i.completed and not i.lease_lost], deadline
+        )
+        finished = [item for item in held if item.completed or item in recorded]
+        unfinished = [item for item in held if item not in finished]
         deletes = [(i.message_id, i.message.receipt_handle) for i in finished]
         deletes += self._holdings.deletes.unsent()
         if not unfinished and not deletes:
@@ -109,6 +128,7 @@ class FinalRelease:
         logger.warning(
             "final release: what was still held handed back without the event loop",
             extra={
+                "recorded": len(recorded),
                 "made_visible": made_visible,
                 "of_unfinished": len(unfinished),
                 "deleted": deleted,
@@ -117,6 +137,30 @@ class FinalRelease:
                 "of_claims": len(claims),
             },
         )
+
+    def _record(
+        self, items: list[InFlight], deadline: float
+    ) -> tuple[list[InFlight], list[InFlight]]:
+        """Complete finished work's claims synchronously: (finished, refused). A store that
+        cannot be asked leaves them finished (deleted: the work is done)."""
+        claimed = [item for item in items if item.held is not None]
+        complete_blocking = getattr(self._store, "complete_blocking", None)
+        if not claimed or complete_blocking is None or self._retention <= 0:
+            return items, []
+        answers = complete_blocking(
+            [Completion(i.held.key, i.held.token, b"") for i in claimed if i.held is not None],
+            retention_seconds=self._retention,
+            timeout_seconds=max(0.05, min(0.1, deadline - time.monotonic())),
+        )
+        if answers is None:
+            logger.error(
+                "final release: finished work not recorded (the store did not answer); its "
+                "messages are deleted all the same",
+                extra={"count": len(claimed)},
+            )
+            return items, []
+        refused = [item for item, ok in zip(claimed, answers, strict=True) if not ok]
+        return [item for item in items if item not in refused], refused
 
     def _send(self, call: Any, entries: list[dict[str, Any]], deadline: float) -> int:
         """Send ``entries`` in batches of 10 until the deadline; return how many succeeded."""

@@ -16,11 +16,11 @@ if TYPE_CHECKING:
 
     from opentelemetry.trace import Span
 
-    from ..idempotency import Held
+    from ..idempotency import ClaimRequest, Held
     from ..telemetry import ErrorType
     from .message import Message
 
-__all__ = ["InFlight", "MessageState"]
+__all__ = ["InFlight", "MessageState", "Ran"]
 
 
 class MessageState(enum.Enum):
@@ -33,6 +33,14 @@ class MessageState(enum.Enum):
     DONE = "done"  # deleted (or queued for delete)
 
 
+class Ran(enum.Enum):
+    """How one run of a message ended (a cancel at the drain deadline is raised instead)."""
+
+    SUCCEEDED = "succeeded"  # handled, completion recorded, deleted
+    FAILED = "failed"  # the handler failed: ``retry_delay_seconds`` says what it asked for
+    STOPPED = "stopped"  # not run, or ran but handed back (lease lost)
+
+
 @dataclass(slots=True, eq=False)
 class InFlight:
     """A message we hold: its visibility horizon, our claim on its key, its state."""
@@ -43,10 +51,20 @@ class InFlight:
     # Wall-clock second of the first receive: the 12 h visibility limit counts from there.
     first_received_epoch: float
     state: MessageState = MessageState.RECEIVED
-    # The idempotency key (unscoped, as handlers see it) and our claim on it, when we hold one.
+    # The idempotency key (unscoped, as handlers see it), the claim asked for (stored key,
+    # fingerprint, this delivery's owner) and our claim on it, when we hold one.
     key: str | None = None
+    request: ClaimRequest | None = None
     held: Held | None = None
+    # A renewal or completion was refused: someone else owns the key now. Never completed,
+    # deleted or extended from then on.
     lease_lost: bool = False
+    # The handler returned: the work is done, whatever becomes of its completion record.
+    succeeded: bool = False
+    # Failures of this delivery retried in process (FIFO: the group is held meanwhile).
+    failures_in_process: int = 0
+    # After a failure: the delay a Retry asked for (None: the backoff's).
+    retry_delay_seconds: float | None = None
     # Logged once when the 12 h visibility limit stops the heartbeat.
     capped: bool = False
     # Set while the claim's completion is on its way to the store.
@@ -78,12 +96,18 @@ class InFlight:
     @property
     def completed(self) -> bool:
         """Its handler succeeded and, with idempotency, its completion is on record."""
-        if self.state is not MessageState.SETTLING:
+        if self.state is not MessageState.SETTLING or not self.succeeded:
             return False
         if self.held is None:
             return True
         future = self.completion
-        return future is not None and future.done() and not future.cancelled() and future.result()
+        return (
+            future is not None
+            and future.done()
+            and not future.cancelled()
+            and future.exception() is None
+            and future.result()
+        )
 
     @property
     def may_still_run(self) -> bool:

@@ -1,4 +1,9 @@
-"""Long polls that ask only for free concurrency slots: nothing is received that cannot start."""
+"""Long polls that ask only for free concurrency slots: nothing is received that cannot start.
+
+Before each receive a loop passes the consumer's gate: while the idempotency store is down
+(``_outage``) no receive is started, so no receive count is spent on a message that could not
+run. At shutdown the loops are cancelled where they are (a long poll in flight is abandoned).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ from .client import SQS_ERRORS, error_code, is_fatal
 from .settings import MAX_BATCH
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
     from types_aiobotocore_sqs import SQSClient
     from types_aiobotocore_sqs.type_defs import MessageTypeDef, ReceiveMessageRequestTypeDef
@@ -28,8 +33,8 @@ logger = logging.getLogger("fargate_runtime.sqs.receiver")
 # After a failed receive: 0.5 s, 1 s, 2 s ... at most 10 s, so an SQS outage is not hammered.
 _ERROR_BACKOFF_FIRST_SECONDS = 0.5
 _ERROR_BACKOFF_CAP_SECONDS = 10.0
-# A drain budget too small for any long poll leaves short polling (WaitTimeSeconds=0): pause
-# after an empty answer rather than spin on an idle queue, paying for every empty receive.
+# Short polling (WAIT_TIME_SECONDS=0): pause after an empty answer rather than spin on an idle
+# queue, paying for every empty receive.
 _SHORT_POLL_PAUSE_SECONDS = 1.0
 
 
@@ -93,20 +98,59 @@ class Receiver:
         *,
         settings: SqsSettings,
         slots: Slots,
-        wait_time_seconds: int,
         accept: Callable[[list[MessageTypeDef], float], None],
+        gate: Callable[[], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
         self._settings = settings
         self._slots = slots
-        self._wait = wait_time_seconds
+        self._gate = gate
+        self._wait = settings.wait_time_seconds
         self._accept = accept
         self._clock = clock
         # Receive calls on their way, by loop: how many messages each may bring.
         self.receiving: dict[int, int] = {}
         self.receives = 0
         self.empty_receives = 0
+        self.loops: dict[int, asyncio.Task[None]] = {}
+
+    def start(self) -> None:
+        """Start the ``receiver_count`` loops."""
+        self.loops = {
+            index: asyncio.create_task(self.loop(index), name=f"sqs-receive-{index}")
+            for index in range(self._settings.receiver_count)
+        }
+
+    async def until(self, shutdown: asyncio.Task[None]) -> BaseException | None:
+        """Wait for ``shutdown``, or for a loop's fatal error (returned, not raised: the
+        consumer drains what is in flight before it raises it)."""
+        done, _ = await asyncio.wait(
+            {shutdown, *self.loops.values()}, return_when=asyncio.FIRST_COMPLETED
+        )
+        for task in done:
+            if task is not shutdown and not task.cancelled():
+                error = task.exception()
+                if error is not None:
+                    return error
+        return None
+
+    def abandon(self) -> tuple[int, int]:
+        """Cancel every loop where it is; (receive calls abandoned on their way, messages they
+        could still take: SQS may hand them to the abandoned request)."""
+        abandoned = hidden = 0
+        for index, task in self.loops.items():
+            if task.done():
+                continue
+            if index in self.receiving:
+                abandoned += 1
+                hidden += self.receiving[index]
+            task.cancel()
+        return abandoned, hidden
+
+    async def stopped(self) -> None:
+        """Wait for every loop to end (after ``abandon``)."""
+        await asyncio.gather(*self.loops.values(), return_exceptions=True)
 
     def _request(self, count: int, attempt_id: str | None) -> ReceiveMessageRequestTypeDef:
         request: ReceiveMessageRequestTypeDef = {
@@ -127,6 +171,8 @@ class Receiver:
         """Receive until the slots are closed (shutdown); raise ``SqsError`` on fatal errors."""
         most = min(MAX_BATCH, self._slots.total)
         while True:
+            if self._gate is not None:
+                await self._gate()
             count = await self._slots.take(most, gather_seconds=self._settings.gather_seconds)
             if count == 0:
                 return

@@ -1,8 +1,18 @@
-"""Running handlers over a receive batch: claims, FIFO groups, outcomes.
+"""Running handlers over a receive batch: claims, outcomes, completions.
 
-Each message already has its span (``Holdings.accept``); here the span learns what the claim
-decided and how the handler ended, the handler runs inside it, and every line logged about the
-message carries its ids (``InFlight.log_fields``).
+::
+
+    process(batch)   claim every key (one round trip; held through a store outage) ->
+      standard       not now / failed: handed back (``_handback``); the rest run, one task each
+                     (or one batch handler call)
+      FIFO           one task per group (``_groups``): in order, failures retried in process
+    run_one          the handler inside the message's span, log context and ``running(work)``:
+                     SUCCEEDED (then ``_succeed``), FAILED (what to do is the caller's), or an
+                     exception raised on (the drain deadline's cancel: the drain releases it)
+    _succeed         completion recorded (retried through an outage), then delete
+
+Each message already has its span (``Holdings.accept``); here the span learns how the handler
+ended, and every line logged about the message carries its ids (``InFlight.log_fields``).
 """
 
 from __future__ import annotations
@@ -13,40 +23,36 @@ import time
 from typing import TYPE_CHECKING
 
 from .._work import Work, running
-from ..errors import IdempotencyKeyError, MalformedMessageError
-from ..idempotency import ClaimRequest, ClaimStatus, FailurePolicy, Held, attempt_owner
+from ..errors import MalformedMessageError
 from ..logging import bind_log_context, span_log_fields
-from ..telemetry import ErrorType, IdempotencyOutcome, mark_idempotency_outcome
+from ..telemetry import ErrorType
 from ..telemetry._core import error_type_of, mark_error
 from ..telemetry._messages import within
-from ._inflight import InFlight, MessageState
-from .backoff import Retry, clamp_visibility
+from ._claiming import Verdict
+from ._completion import Recorded
+from ._groups import GroupRunner
+from ._inflight import InFlight, MessageState, Ran
+from ._outage import first_of
+from .backoff import Retry
 from .context import BatchContext, MessageContext
 from .events import MessageOutcome
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine
+    from collections.abc import Callable, Coroutine, Mapping, Sequence
     from typing import Any
 
     from opentelemetry import trace
 
     from ..lifecycle import Lifecycle
+    from ._claiming import Claimer
+    from ._completion import Completions
     from ._holdings import Holdings
-    from .backoff import Backoff
-    from .claims import Completer, MessageKeys
+    from ._outage import StoreOutage
     from .context import BatchHandler, Handler
 
 __all__ = ["Runner"]
 
 logger = logging.getLogger("fargate_runtime.sqs.consumer")
-
-# What each claim status means for the message's span.
-_OUTCOMES = {
-    ClaimStatus.ACQUIRED: IdempotencyOutcome.CLAIMED,
-    ClaimStatus.COMPLETED: IdempotencyOutcome.REPLAYED,
-    ClaimStatus.IN_PROGRESS: IdempotencyOutcome.IN_PROGRESS,
-    ClaimStatus.MISMATCH: IdempotencyOutcome.MISMATCH,
-}
 
 
 class Runner:
@@ -59,12 +65,13 @@ class Runner:
         lifecycle: Lifecycle,
         handler: Handler | None,
         batch_handler: BatchHandler | None,
-        keys: MessageKeys | None,
-        completer: Completer | None,
-        backoff: Backoff,
+        claimer: Claimer | None,
+        completions: Completions | None,
+        outage: StoreOutage,
         spawn: Callable[[Coroutine[Any, Any, Any], str], asyncio.Task[Any]],
     ) -> None:
         self._holdings = holdings
+        self._handback = holdings.handback
         self._spawn = spawn
         # A handler raised SystemExit or KeyboardInterrupt: the consumer drains, then raises it.
         self.stop_error: BaseException | None = None
@@ -73,10 +80,20 @@ class Runner:
         self._lifecycle = lifecycle
         self._handler = handler
         self._batch_handler = batch_handler
-        self._keys = keys
-        self._completer = completer
-        self._backoff = backoff
+        self._claimer = claimer
+        self._completions = completions
+        self._outage = outage
         self._metrics = holdings.metrics
+
+    @property
+    def holdings(self) -> Holdings:
+        """The messages held, and how they leave."""
+        return self._holdings
+
+    @property
+    def lifecycle(self) -> Lifecycle:
+        """The lifecycle the consumer runs under."""
+        return self._lifecycle
 
     def others_running(self) -> bool:
         """True while some handler is still running (its completion would join a batch)."""
@@ -88,165 +105,64 @@ class Runner:
             # A receive that returned after SIGTERM: give everything back at once.
             await self._holdings.release_on_shutdown(items)
             return
-        if self._keys is not None:
-            await self._claim(self._keys, items)
-        if self._batch_handler is not None:
-            if self._settings.is_fifo:
-                await self._release_blocked_followers(items)
-            await self._run_batch([item for item in items if item.state is MessageState.RECEIVED])
-        elif self._settings.is_fifo:
-            groups: dict[str | None, list[InFlight]] = {}
-            for item in items:
-                groups.setdefault(item.message.group_id, []).append(item)
-            for group in groups.values():
-                self._spawn(self._run_group(group), "sqs-group")
-        else:
-            # One task per message (not a gather): each is cancelled on its own, through the
-            # lifecycle, so a handler's own cleanup scope holds off the cancel.
-            for item in items:
-                if item.state is MessageState.RECEIVED:
-                    self._spawn(self._run_one(item), "sqs-handler")
-
-    async def _claim(self, keys: MessageKeys, items: list[InFlight]) -> None:
-        """One round trip claims the batch; what may not run is settled here."""
-        idempotency = keys.idempotency
-        keyed: list[tuple[InFlight, ClaimRequest]] = []
-        for item in items:
-            try:
-                item.key = keys.key(item.message)
-                fingerprint = keys.fingerprint(item.message)
-                stored = keys.stored_key(item.key)
-            except (MalformedMessageError, IdempotencyKeyError) as exc:
-                self._malformed(item, exc)
-                continue
-            keyed.append((item, ClaimRequest(stored, fingerprint)))
-        if not keyed:
-            return
-        started = time.perf_counter()
-        try:
-            results = await idempotency.store.claim_many(
-                [request for _, request in keyed],
-                # This receive's own attempt: a redelivery (another receive) never passes as it.
-                owner=attempt_owner(idempotency.owner),
-                lease_seconds=self._settings.visibility_timeout_seconds,
-            )
-        except Exception as exc:  # noqa: BLE001 - any store failure is logged and handled
-            self._store_failed([item for item, _ in keyed], exc, idempotency.failure_policy)
-            return
-        self._metrics.record_store(time.perf_counter() - started)
-        late: list[InFlight] = []
-        for (item, request), result in zip(keyed, results, strict=True):
-            if item.span is not None:
-                mark_idempotency_outcome(_OUTCOMES[result.status], item.span)
-            if result.status is ClaimStatus.ACQUIRED and result.token is not None:
-                item.held = Held(request.key, result.token)
-                if item.state is not MessageState.RECEIVED:
-                    late.append(item)  # released by the drain while we were claiming
-            elif item.state is not MessageState.RECEIVED:
-                continue
-            elif result.status is ClaimStatus.COMPLETED:
-                self._stats.duplicates_completed += 1
-                logger.info("duplicate of completed work deleted", extra=item.log_fields())
-                self._holdings.delete(item, outcome=MessageOutcome.DUPLICATE)
-            elif result.status is ClaimStatus.IN_PROGRESS:
-                self._stats.duplicates_in_progress += 1
-                logger.info("key in progress elsewhere; backing off", extra=item.log_fields())
-                self._defer(item)
+        verdicts = await self.claim(items)
+        if verdicts is None:
+            return  # shutdown during a store outage: the drain released them
+        if self._settings.is_fifo:
+            groups = GroupRunner(self, verdicts=verdicts)
+            if self._batch_handler is not None:
+                await groups.run_batch(items)
             else:
-                self._mismatch(item)
-        if late:
-            await self._holdings.release_claims(late)
-
-    def _store_failed(self, items: list[InFlight], exc: Exception, policy: FailurePolicy) -> None:
-        """The claim round trip failed: run unclaimed (fail open), or hand everything back."""
-        self._stats.store_errors += len(items)
-        for item in items:
-            if item.span is not None:
-                mark_idempotency_outcome(IdempotencyOutcome.STORE_ERROR, item.span)
-        if policy is FailurePolicy.OPEN:
-            # The user chose availability over safety: run without claims (no token).
-            logger.error(
-                "idempotency store failed; running WITHOUT idempotency (fail-open policy)",
-                extra={"count": len(items), "error": repr(exc)},
-            )
+                for group in groups.split(items):
+                    self._spawn(groups.run_group(group), "sqs-group")
             return
-        # Fail closed: nothing runs without its claim; everything comes back later.
-        logger.warning(
-            "idempotency store failed; batch not processed, retried later",
-            extra={"count": len(items), "error": repr(exc)},
-        )
-        for item in items:
-            if item.state is MessageState.RECEIVED:
-                item.fail(ErrorType.STORE_ERROR, description=repr(exc))
-                self._defer(item)
-
-    def _malformed(self, item: InFlight, exc: Exception) -> None:
-        """A message that cannot be handled: back off; the redrive policy dead-letters it."""
-        self._stats.malformed += 1
-        item.fail(ErrorType.MALFORMED, description=str(exc))
-        logger.warning(
-            "malformed message; it will be retried, then dead-lettered",
-            extra={
-                **item.log_fields(),
-                "receive_count": item.message.receive_count,
-                "error": str(exc),
-            },
-        )
-        self._back_off_failed(item)
-
-    def _mismatch(self, item: InFlight) -> None:
-        """The key was completed or claimed for another payload: never run this one."""
-        self._stats.payload_mismatches += 1
-        item.fail(ErrorType.PAYLOAD_MISMATCH, description="same key, different payload")
-        logger.warning(
-            "payload mismatch: this idempotency key was used with another payload; "
-            "it will be retried, then dead-lettered",
-            extra={**item.log_fields(), "receive_count": item.message.receive_count},
-        )
-        self._back_off_failed(item)
-
-    def _back_off_failed(self, item: InFlight) -> None:
-        self._stats.failed += 1
-        self._holdings.back_off(
-            item,
-            seconds=self._backoff.delay_seconds(item.message.receive_count),
-            outcome=MessageOutcome.FAILED,
-        )
-
-    async def _run_group(self, group: list[InFlight]) -> None:
-        """FIFO: one at a time, in order; the first that does not succeed stops the group."""
-        for index, item in enumerate(group):
-            if item.state is MessageState.DONE:
-                continue  # a completed duplicate, deleted: the next one may run
-            if item.state is MessageState.RECEIVED and await self._run_one(item):
-                continue
-            rest = [other for other in group[index + 1 :] if other.state is MessageState.RECEIVED]
-            if rest and self._lifecycle.shutdown_requested:
-                await self._holdings.release_on_shutdown(rest)
-            elif rest:
-                await self._holdings.release(rest, outcome=MessageOutcome.GROUP_FAILED)
-                self._stats.released_after_group_failure += len(rest)
+        await self._settle_verdicts(items, verdicts)
+        runnable = [item for item in items if item.state is MessageState.RECEIVED]
+        if self._batch_handler is not None:
+            failures = await self.run_batch(runnable)
+            await self.fail(list(failures), {i.message_id: d for i, d in failures.items()})
             return
+        # One task per message (not a gather): each is cancelled on its own, through the
+        # lifecycle, so a handler's own cleanup scope holds off the cancel.
+        for item in runnable:
+            self._spawn(self.run_one(item, hand_back=True), "sqs-handler")
 
-    async def _release_blocked_followers(self, items: list[InFlight]) -> None:
-        """FIFO batch mode: behind a message that may not run, its group may not run either."""
-        blocked: set[str | None] = set()
-        rest: list[InFlight] = []
-        for item in items:
-            group = item.message.group_id
-            if group in blocked and item.state is MessageState.RECEIVED:
-                rest.append(item)
-            elif item.state not in (MessageState.RECEIVED, MessageState.DONE):
-                blocked.add(group)
-        if rest:
-            await self._holdings.release(rest, outcome=MessageOutcome.GROUP_FAILED)
-            self._stats.released_after_group_failure += len(rest)
+    async def claim(self, items: Sequence[InFlight]) -> dict[InFlight, Verdict] | None:
+        """Verdicts for ``items``; through a store outage the unclaimed ones are held (the
+        heartbeat keeps them) and claimed once it answers. None: shutdown came first."""
+        if self._claimer is None:
+            return dict.fromkeys(items, Verdict.RUN)
+        verdicts: dict[InFlight, Verdict] = {}
+        pending = [item for item in items if item.state is MessageState.RECEIVED]
+        while pending:
+            verdicts.update(await self._claimer.claim(pending))
+            pending = [i for i in pending if verdicts.get(i) is Verdict.UNCLAIMED]
+            if pending:
+                await first_of(
+                    self._outage.wait_available(), self._lifecycle.wait_shutdown_requested()
+                )
+                if self._lifecycle.shutdown_requested:
+                    return None
+        return verdicts
+
+    async def _settle_verdicts(
+        self, items: Sequence[InFlight], verdicts: Mapping[InFlight, Verdict]
+    ) -> None:
+        """Standard queue: a key in progress elsewhere comes back later; a failed one fails."""
+        if all(verdict is Verdict.RUN for verdict in verdicts.values()):
+            return  # the usual batch
+        waiting = [i for i in items if verdicts.get(i) is Verdict.WAIT]
+        failed = [i for i in items if verdicts.get(i) is Verdict.FAILED]
+        await self._handback.deferred(waiting, seconds=self._settings.in_progress_delay_seconds)
+        await self.fail(failed, {})
 
     def _context(self, item: InFlight) -> MessageContext:
         held = item.held
         recovery = None
-        if held is not None and self._keys is not None:
-            recovery = self._keys.transactional(held, lambda: _completed_in_transaction(item))
+        if held is not None and self._claimer is not None:
+            recovery = self._claimer.keys.transactional(
+                held, lambda: _completed_in_transaction(item)
+            )
         return MessageContext(
             self._lifecycle,
             message_id=item.message_id,
@@ -255,16 +171,19 @@ class Runner:
             recovery=recovery,
         )
 
-    async def _run_one(self, item: InFlight) -> bool:
-        """Run the handler on one message and settle it; True when it succeeded."""
+    async def run_one(self, item: InFlight, *, hand_back: bool = False) -> Ran:
+        """Run the handler on one message; settle it when it succeeded.
+
+        A failure leaves the message held (RECEIVED again, its claim kept) for the caller to
+        retry (a FIFO group), or, with ``hand_back``, hands it back after its backoff.
+        """
         if item.state is not MessageState.RECEIVED:
-            return False
+            return Ran.STOPPED
         assert self._handler is not None  # noqa: S101 - single-message mode
         item.state = MessageState.RUNNING
         item.task = asyncio.current_task()
         self._stats.started += 1
         self._holdings.running += 1
-        message = item.message
         began = time.perf_counter()
         try:
             # The span first: an exception leaving the log context takes the span's ids along.
@@ -273,21 +192,27 @@ class Runner:
                 bind_log_context(message_id=item.message_id, idempotency_key=item.key),
                 running(item.work),
             ):
-                await self._handler(message, self._context(item))
+                await self._handler(item.message, self._context(item))
         except Retry as signal:
             self._handler_ended(item, began, signal)
-            await self._fail(item, delay_seconds=signal.delay_seconds)
-            return False
+            self._failed(item, signal.delay_seconds)
         except BaseException as exc:
             self._handler_ended(item, began, exc)
             if _being_cancelled(exc):
                 raise  # cancelled at the drain deadline: the drain releases the message
             # Any other exception, CancelledError or GeneratorExit it raised itself included.
             self._log_failure(item, exc)
-            await self._fail(item, delay_seconds=None)
-            return False
-        self._handler_ended(item, began, None)
-        return await self._succeed(item)
+            self._failed(item, None)
+        else:
+            self._handler_ended(item, began, None)
+            return Ran.SUCCEEDED if await self._succeed(item) else Ran.STOPPED
+        if hand_back:
+            await self.fail([item], {item.message_id: item.retry_delay_seconds})
+        return Ran.FAILED
+
+    def _failed(self, item: InFlight, delay_seconds: float | None) -> None:
+        item.state = MessageState.RECEIVED
+        item.retry_delay_seconds = delay_seconds
 
     def _handler_ended(self, item: InFlight, began: float, error: BaseException | None) -> None:
         """Count the handler out; mark its span failed when it raised; record its duration."""
@@ -306,10 +231,11 @@ class Runner:
             return ErrorType.DRAIN_DEADLINE
         return error
 
-    async def _run_batch(self, items: list[InFlight]) -> None:
-        """Run the batch handler once on every runnable message of the receive."""
+    async def run_batch(self, items: list[InFlight]) -> dict[InFlight, float | None]:
+        """Run the batch handler once on ``items``; settle the successes; return the failures
+        (held, RECEIVED again) with the delays asked for."""
         if not items:
-            return
+            return {}
         assert self._batch_handler is not None  # noqa: S101 - batch mode
         task = asyncio.current_task()
         work = Work()  # one handler call for the batch: its threads belong to every message
@@ -348,17 +274,14 @@ class Runner:
             failures = context.failures
         finally:
             self._batch_ended(items, span, began, error)
+        failed: dict[InFlight, float | None] = {}
         for item in items:
             if item.message_id in failures:
                 item.fail(ErrorType.BATCH_ITEM_FAILED)  # unless the whole batch raised
-        await asyncio.gather(
-            *(
-                self._fail(item, delay_seconds=failures[item.message_id])
-                if item.message_id in failures
-                else self._succeed(item)
-                for item in items
-            )
-        )
+                self._failed(item, failures[item.message_id])
+                failed[item] = failures[item.message_id]
+        await asyncio.gather(*(self._succeed(item) for item in items if item not in failed))
+        return failed
 
     def _batch_ended(
         self,
@@ -399,45 +322,51 @@ class Runner:
             self._lifecycle.request_shutdown(f"a handler raised {type(exc).__name__}")
 
     async def _succeed(self, item: InFlight) -> bool:
-        """Stop the heartbeat, record the completion, then delete."""
+        """Record the completion (retried through an outage), then delete."""
         item.state = MessageState.SETTLING
-        await self._holdings.heartbeat.untrack(item)
-        if item.held is not None and self._completer is not None:
-            completed = False
-            if item.completion is None and not item.lease_lost:
-                item.completion = self._completer.complete(item.held)
-            if item.completion is not None:  # set already when the handler's COMMIT completed it
-                # Shielded: if we are cancelled now, the outcome is still read at the end.
-                completed = await asyncio.shield(item.completion)
-            if not completed:
-                # Lease lost (or the store failed): someone else may own the key now. Hand the
-                # message back without deleting; the next delivery sees the record's truth.
-                self._stats.lease_lost += 1
-                item.fail(ErrorType.COMPLETION_REFUSED)
-                logger.warning("completion refused; message handed back", extra=item.log_fields())
-                self._defer(item)
+        item.succeeded = True
+        if item.held is not None and self._completions is not None:
+            recorded = Recorded.LOST if item.lease_lost else await self._completions.record(item)
+            if recorded is Recorded.LOST:
+                await self._lost(item)
                 return False
+            if recorded is Recorded.UNRECORDED:
+                logger.error(
+                    "work done but its completion not recorded (the store did not answer "
+                    "before the drain deadline, or failed): message deleted; a later duplicate "
+                    "of its key could run again",
+                    extra=item.log_fields(),
+                )
+        await self._holdings.heartbeat.untrack(item)
         self._stats.succeeded += 1
         self._holdings.delete(item, outcome=MessageOutcome.SUCCEEDED)
         return True
 
-    async def _fail(self, item: InFlight, *, delay_seconds: float | None) -> None:
-        """Release the claim, then hand the message back after its backoff."""
-        self._stats.failed += 1
-        item.state = MessageState.RELEASED
-        await self._holdings.heartbeat.untrack(item)
-        await self._holdings.release_claims([item])
-        if delay_seconds is None:
-            seconds = self._backoff.delay_seconds(item.message.receive_count)
-        else:
-            seconds = clamp_visibility(delay_seconds)
-        self._holdings.back_off(item, seconds=seconds, outcome=MessageOutcome.FAILED)
+    async def _lost(self, item: InFlight) -> None:
+        """Someone else holds the key now: not completed, not deleted; back after a delay."""
+        await self._holdings.heartbeat.untrack(item)  # a beat in progress may find it first
+        item.fail(ErrorType.COMPLETION_REFUSED)
+        if not item.lease_lost:  # else the heartbeat counted and logged it
+            item.lease_lost = True
+            self._stats.lease_lost += 1
+            logger.warning("completion refused; message handed back", extra=item.log_fields())
+        await self._handback.deferred([item], seconds=self._settings.in_progress_delay_seconds)
 
-    def _defer(self, item: InFlight) -> None:
-        """Not run now (in progress elsewhere, store down, lease lost): back after the delay."""
-        self._holdings.back_off(
-            item, seconds=self._settings.in_progress_delay_seconds, outcome=MessageOutcome.DEFERRED
-        )
+    async def fail(
+        self, items: list[InFlight], delays: Mapping[str, float | None], *, counted: bool = False
+    ) -> None:
+        """Hand failed messages back (claims released first): after their backoff, or as a
+        copy or to the DLQ (``Handback.failed``). ``counted``: already in ``stats.failed``."""
+        items = [item for item in items if item.state is MessageState.RECEIVED]
+        if not items:
+            return
+        if not counted:
+            self._stats.failed += len(items)
+        for item in items:
+            item.state = MessageState.RELEASED
+            self._holdings.heartbeat.forget(item)
+        await self._holdings.release_claims(items)
+        await self._handback.failed(items, delays)
 
 
 def _completed_in_transaction(item: InFlight) -> None:

@@ -8,23 +8,44 @@ to the dead-letter queue once it has failed often enough.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
 from .settings import MAX_VISIBILITY_SECONDS
 
-__all__ = ["Backoff", "Retry"]
+__all__ = ["Backoff", "Retry", "checked_delay"]
+
+
+def checked_delay(delay_seconds: float | None, *, what: str) -> float | None:
+    """``delay_seconds`` when it is None or a finite number of seconds >= 0; else ValueError.
+
+    A delay longer than SQS still accepts for the message (12 h from its first receive) is
+    not refused here: the consumer clamps it when it hands the message back, with one log line.
+    """
+    if delay_seconds is None:
+        return None
+    if isinstance(delay_seconds, bool) or not isinstance(delay_seconds, int | float):
+        raise TypeError(f"{what}: delay_seconds must be a number of seconds, not {delay_seconds!r}")
+    if not math.isfinite(delay_seconds) or delay_seconds < 0:
+        raise ValueError(
+            f"{what}: delay_seconds must be a finite number of seconds >= 0, not {delay_seconds!r}"
+        )
+    return float(delay_seconds)
 
 
 class Retry(Exception):
     """Raise from a handler to retry the message after ``delay_seconds`` (not logged as a crash).
 
-    ``delay_seconds=None`` uses the consumer's backoff for the message's receive count.
+    ``delay_seconds=None`` uses the consumer's backoff for the message's receive count. A
+    negative or non-finite delay raises ValueError where the Retry is made (so the handler
+    fails with it, visibly); one beyond what SQS accepts (12 h from the first receive) is
+    clamped to it, with one log line.
     """
 
     def __init__(self, reason: str = "retry requested", *, delay_seconds: float | None = None):
         super().__init__(reason)
-        self.delay_seconds = delay_seconds
+        self.delay_seconds = checked_delay(delay_seconds, what="Retry")
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,38 +1,42 @@
-"""Idempotency for the consumer: where a message's key comes from, and batched completions.
+"""Where a message's idempotency key and payload fingerprint come from.
 
-One ``claim_many`` round trip claims a whole receive batch and one ``complete_many`` completes
-up to 10 handled messages, so a busy queue costs about 0.2 store round trips per message.
+Key functions read the key from the message (``json_field``, ``message_attribute``,
+``deduplication_id``) and raise ``MalformedMessageError`` when they cannot; ``MessageKeys``
+turns it into the stored key, the fingerprint and the claim request of one delivery (its own
+owner: see ``idempotency.delivery_owner``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from ..errors import MalformedMessageError, StoreUnavailableError
-from ..idempotency import MAX_KEY_LENGTH, Completion, Idempotency, PostgresStore, fingerprint
-from .settings import MAX_BATCH
+from ..errors import ConfigurationError, MalformedMessageError
+from ..idempotency import (
+    MAX_KEY_LENGTH,
+    ClaimRequest,
+    Idempotency,
+    PostgresStore,
+    delivery_owner,
+    fingerprint,
+)
 
 if TYPE_CHECKING:
-    from ..idempotency import Held, IdempotencyStore, TransactionalClaim
+    from ..idempotency import Held, TransactionalClaim
     from .message import Message
 
 __all__ = [
-    "Completer",
     "FingerprintFunction",
     "KeyFunction",
     "MessageKeys",
     "body_fingerprint",
+    "check_key_for",
     "deduplication_id",
     "json_field",
     "message_attribute",
 ]
-
-logger = logging.getLogger("fargate_runtime.sqs.claims")
 
 # Reads a message's idempotency key; raises MalformedMessageError when it cannot.
 KeyFunction: TypeAlias = Callable[["Message"], str]
@@ -75,15 +79,32 @@ def message_attribute(name: str) -> KeyFunction:
     return key
 
 
-def deduplication_id() -> KeyFunction:
-    """Key from ``MessageDeduplicationId`` (FIFO queues)."""
+class _DeduplicationId:
+    """``deduplication_id()``'s key function; ``fifo_only`` lets the consumer refuse it on a
+    standard queue at start (its messages have no deduplication id: all would be malformed)."""
 
-    def key(message: Message) -> str:
+    fifo_only = True
+
+    def __call__(self, message: Message) -> str:
         if not message.deduplication_id:
             raise MalformedMessageError(f"message {message.message_id} has no deduplication id")
         return message.deduplication_id
 
-    return key
+
+def deduplication_id() -> KeyFunction:
+    """Key from ``MessageDeduplicationId`` (FIFO queues only: refused on a standard queue)."""
+    return _DeduplicationId()
+
+
+def check_key_for(key: KeyFunction | None, *, fifo: bool, queue_url: str) -> None:
+    """ConfigurationError when ``key`` reads what this queue's messages do not carry."""
+    if getattr(key, "fifo_only", False) and not fifo:
+        raise ConfigurationError(
+            f"key=deduplication_id() reads MessageDeduplicationId, which only FIFO queues have: "
+            f"FARGATE_RUNTIME_SQS_QUEUE_URL {queue_url} is a standard queue (every message "
+            "would be malformed); key its messages by a field (json_field) or an attribute "
+            "(message_attribute)"
+        )
 
 
 def body_fingerprint(message: Message) -> str:
@@ -106,6 +127,17 @@ class MessageKeys:
             key = "sha256:" + hashlib.sha256(key.encode()).hexdigest()
         return self.idempotency.key(self.scope, key)
 
+    def request(self, message: Message) -> tuple[str, ClaimRequest]:
+        """The key (as handlers see it) and the claim request of this delivery of ``message``;
+        MalformedMessageError (or IdempotencyKeyError) when the key cannot be read."""
+        key = self.key(message)
+        request = ClaimRequest(
+            self.stored_key(key),
+            self.fingerprint(message),
+            owner=delivery_owner(self.idempotency.owner, message.message_id),
+        )
+        return key, request
+
     def transactional(
         self, held: Held, on_completed: Callable[[], None]
     ) -> TransactionalClaim | None:
@@ -120,77 +152,6 @@ class MessageKeys:
             held, retention_seconds=self.idempotency.retention_seconds, on_completed=on_completed
         )
 
-
-class Completer:
-    """Completes claims in batches of up to 10: one ``complete_many`` round trip per batch.
-
-    A completion goes out with whatever else finished in the same event-loop turn (handlers of
-    one receive batch that never awaited finish together); while other handlers are still
-    running it waits up to ``interval_seconds`` for them to join; at 10 it goes at once.
-    """
-
-    def __init__(
-        self,
-        store: IdempotencyStore,
-        *,
-        retention_seconds: float,
-        interval_seconds: float,
-        others_running: Callable[[], bool],
-    ) -> None:
-        self._store = store
-        self._retention = retention_seconds
-        self._interval = interval_seconds
-        self._others_running = others_running
-        self._pending: list[tuple[Completion, asyncio.Future[bool]]] = []
-        self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
-        self._soon = False
-        self._sending: set[asyncio.Task[None]] = set()
-        self.round_trips = 0
-
-    def complete(self, held: Held) -> asyncio.Future[bool]:
-        """Queue the completion of ``held``; the future is False when the lease was lost."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[bool] = loop.create_future()
-        self._pending.append((Completion(held.key, held.token, b""), future))
-        if len(self._pending) >= MAX_BATCH:
-            self._send_pending()
-        elif not self._others_running():
-            if not self._soon:
-                if self._timer is not None:
-                    self._timer.cancel()
-                self._timer, self._soon = loop.call_soon(self._send_pending), True
-        elif self._timer is None:
-            self._timer = loop.call_later(self._interval, self._send_pending)
-        return future
-
-    def _send_pending(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer, self._soon = None, False
-        while self._pending:
-            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-            task = asyncio.create_task(self._send(batch), name="idempotency-complete")
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
-
-    async def _send(self, batch: list[tuple[Completion, asyncio.Future[bool]]]) -> None:
-        self.round_trips += 1
-        try:
-            results = await self._store.complete_many(
-                [completion for completion, _ in batch], retention_seconds=self._retention
-            )
-        except StoreUnavailableError as exc:
-            logger.warning("claims not completed: store unavailable", extra={"error": str(exc)})
-            results = [False] * len(batch)
-        except Exception:
-            logger.exception("claims not completed")
-            results = [False] * len(batch)
-        for (_, future), ok in zip(batch, results, strict=True):
-            if not future.done():
-                future.set_result(ok)
-
-    async def flush(self) -> None:
-        """Send what waits and wait for every completion on its way."""
-        self._send_pending()
-        while self._sending:
-            await asyncio.gather(*self._sending, return_exceptions=True)
+    def counter_key(self, message_id: str) -> str:
+        """Where this queue's per-message delivery counters live (``_handback``)."""
+        return self.idempotency.key(f"{self.scope}:deliveries", message_id)

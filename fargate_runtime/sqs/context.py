@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, TypeAlias
 
 from ..errors import ConfigurationError
+from .backoff import checked_delay
 
 if TYPE_CHECKING:
     import contextlib
@@ -131,10 +132,11 @@ class BatchContext(_Deadline):
         return self._contexts[message.message_id]
 
     def fail(self, message: Message, *, delay_seconds: float | None = None) -> None:
-        """Retry ``message`` after ``delay_seconds`` (None: the backoff for its receive count)."""
+        """Retry ``message`` after ``delay_seconds`` (None: the backoff for its receive count);
+        ValueError for a negative or non-finite delay."""
         if message.message_id not in self._contexts:
             raise KeyError(f"message {message.message_id} is not part of this batch")
-        self._failures[message.message_id] = delay_seconds
+        self._failures[message.message_id] = checked_delay(delay_seconds, what="fail")
 
     @property
     def failures(self) -> dict[str, float | None]:

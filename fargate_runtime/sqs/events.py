@@ -6,7 +6,8 @@ application (or a test) can count what is in its hands without hooking botocore:
     READY      the receive loops are running (readiness, "consumer is up" in a test)
     RECEIVED   a new message is held (a redelivery of one still held is not a new one)
     SETTLED    it left for good or for later: SUCCEEDED / DUPLICATE (deleted), FAILED /
-               DEFERRED (handed back after a backoff or an in-progress delay)
+               DEFERRED (handed back after a backoff or an in-progress delay, or re-queued
+               as a copy), DEAD_LETTERED (moved to the DLQ by the runtime)
     RELEASED   handed back at once, unfinished: SHUTDOWN, or GROUP_FAILED (FIFO followers)
 
 The hook is called on the event loop, inline: keep it quick (a counter, a log line, a
@@ -45,7 +46,8 @@ class MessageOutcome(enum.Enum):
     SUCCEEDED = "succeeded"  # handled (and its key completed), deleted
     DUPLICATE = "duplicate"  # its key was completed before: deleted without running
     FAILED = "failed"  # handler failed or message malformed: back after its backoff, or DLQ
-    DEFERRED = "deferred"  # not run now (key in progress elsewhere, store down, lease lost)
+    DEFERRED = "deferred"  # not run now (key in progress elsewhere, lease lost)
+    DEAD_LETTERED = "dead_lettered"  # failed maxReceiveCount times: moved to the DLQ by the runtime
     SHUTDOWN = "shutdown"  # released at once because the process is stopping
     GROUP_FAILED = "group_failed"  # FIFO: released at once behind a failed message of its group
 
@@ -56,6 +58,7 @@ _SETTLED = frozenset(
         MessageOutcome.DUPLICATE,
         MessageOutcome.FAILED,
         MessageOutcome.DEFERRED,
+        MessageOutcome.DEAD_LETTERED,
     }
 )
 

@@ -1,19 +1,28 @@
 """The heartbeat: visibility extended before it runs out, and the idempotency lease with it.
 
-One task for the whole consumer looks at every held message each tick and extends, in batches
-of 10, only those whose visibility runs out within ``extend_below_seconds``; most messages
-finish long before and cost nothing. With the defaults (visibility 20 s, extend below 10 s)::
+One task for the whole consumer looks at every held message each tick and extends only those
+whose visibility runs out within ``extend_below_seconds``; most messages finish long before and
+cost nothing. Each round costs one ``renew_many`` round trip for their leases and one
+``ChangeMessageVisibilityBatch`` per 10 of them. With the defaults (visibility 10 s, extend
+below 5 s)::
 
-    t=0        receive (visibility 20 s, lease 20 s)
-    t=10..11   tick: 10 s left -> ChangeMessageVisibilityBatch 20 s + renew lease 20 s
-    t=20..21   tick: again ... and so on, until the handler returns
-    handler returns -> untrack (waits out a beat in progress) -> complete claim -> delete
+    t=0        receive (visibility 10 s, lease 10 s)
+    t=5..6     tick: 5 s left -> renew the lease 10 s, then ChangeMessageVisibilityBatch 10 s
+    t=10..11   tick: again ... and so on, until the handler returns and its completion is
+               recorded (completions retried during a store outage keep being extended)
+    recorded -> untrack (waits out a beat in progress) -> delete
 
-A message is never extended past 12 h from its first receive (SQS's cumulative limit): it is
-logged and left to become visible again. An extension that finds the receipt handle invalid is
-logged (the idempotency claim still stops a second run); a renewal that finds the lease lost is
-recorded on the message: its completion is not attempted and the message is handed back rather
-than deleted.
+Leases are renewed first, and only messages whose lease is still ours are extended. A renewal
+refused means our record is gone: if nobody took the key (it ran out while the loop was
+blocked), it is claimed again as the same delivery and stays ours; if someone else holds it,
+the message is lost: the heartbeat lets go of it and the worker will not complete or delete it
+(if someone recorded it done, the heartbeat lets go of it too, and its completion finds that).
+A renewal the store fails (an outage) is no refusal: the message is extended and the outage
+reported. A message whose visibility ran out before its beat (a loop blocked longer than the
+margin) is logged: SQS may have handed it to someone else, which the lease decides. A message
+is never extended past 12 h from its first receive (SQS's cumulative limit): it is logged and
+left to become visible again. An extension that finds the receipt handle invalid is logged (the
+idempotency claim still stops a second run).
 """
 
 from __future__ import annotations
@@ -25,6 +34,8 @@ import time
 from typing import TYPE_CHECKING
 
 from ..errors import StoreUnavailableError
+from ..idempotency import ClaimStatus
+from ._claiming import claim_again
 from .acks import AckOutcome
 from .settings import MAX_VISIBILITY_SECONDS
 
@@ -56,6 +67,7 @@ class Heartbeat:
         tick_seconds: float,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        on_store_error: Callable[[BaseException], None] = lambda exc: None,
     ) -> None:
         self._visibility = visibility
         self._store = store
@@ -68,8 +80,11 @@ class Heartbeat:
         # Held while a beat is talking to SQS/Redis: untrack() waits it out, so no extension
         # lands after the delete (it would fail, or worse, resurrect nothing useful).
         self._lock = asyncio.Lock()
+        self._on_store_error = on_store_error
         self.extensions = 0
         self.renewals = 0
+        self.lost = 0
+        self.lapsed = 0
 
     def track(self, item: InFlight) -> None:
         """Start watching a message (at receive)."""
@@ -100,7 +115,7 @@ class Heartbeat:
                 logger.exception("heartbeat failed")
 
     async def beat(self) -> None:
-        """Extend what runs out soon, once."""
+        """Renew the leases and extend the visibility of what runs out soon, once."""
         now = self._clock()
         due = [item for item in self._tracked.values() if item.visible_until - now <= self._below]
         if not due:
@@ -114,11 +129,17 @@ class Heartbeat:
                     extend.append((item, seconds))
             if not extend:
                 return
-            visibility = self._visibility.change_now(
+            for item, _ in extend:
+                if item.visible_until <= now:
+                    self._lapsed(item, now)
+            await self._renew([item for item, _ in extend])
+            extend = [(item, seconds) for item, seconds in extend if not item.lease_lost]
+            if not extend:
+                return
+            outcomes = await self._visibility.change_now(
                 [(item.message_id, item.message.receipt_handle, s) for item, s in extend],
                 log_fields={item.message_id: item.log_fields for item, _ in extend},
             )
-            outcomes, _ = await asyncio.gather(visibility, self._renew([i for i, _ in extend]))
             for (item, seconds), outcome in zip(extend, outcomes, strict=True):
                 if outcome is AckOutcome.DONE:
                     item.visible_until = now + seconds
@@ -131,6 +152,14 @@ class Heartbeat:
                         "visibility lost while handling",
                         extra=item.log_fields(),
                     )
+
+    def _lapsed(self, item: InFlight, now: float) -> None:
+        self.lapsed += 1
+        logger.warning(
+            "visibility ran out before the heartbeat could extend it (was the event loop "
+            "blocked?): SQS may have handed the message to another worker",
+            extra={**item.log_fields(), "late_seconds": round(now - item.visible_until, 3)},
+        )
 
     def _extension_for(self, item: InFlight, now: float) -> int | None:
         """Seconds to extend to, or None when the 12 h cap leaves nothing to add."""
@@ -148,7 +177,7 @@ class Heartbeat:
         return seconds
 
     async def _renew(self, items: list[InFlight]) -> None:
-        """Renew the idempotency leases of ``items`` to the visibility timeout."""
+        """Renew the idempotency leases of ``items``; a refusal marks the message lost."""
         if self._store is None:
             return
         renewing = [item for item in items if item.held is not None and not item.lease_lost]
@@ -158,18 +187,39 @@ class Heartbeat:
         try:
             results = await self._store.renew_many(held, lease_seconds=self._timeout)
         except StoreUnavailableError as exc:
-            # The lease still has as long as the visibility did: try again next tick.
+            # Not a refusal: the lease is as old as the visibility; keep both alive meanwhile.
+            self._on_store_error(exc)
             logger.warning("lease renewal failed; retrying next tick", extra={"error": str(exc)})
             return
+        refused = []
         for item, ok in zip(renewing, results, strict=True):
             if ok:
                 self.renewals += 1
-            else:
-                item.lease_lost = True
-                logger.warning(
-                    "idempotency lease lost while handling",
-                    extra={**item.log_fields(), "key": item.key},
-                )
+            elif not item.lease_lost:  # else its completion was refused meanwhile: done there
+                refused.append(item)
+        if not refused:
+            return
+        # Our record is gone (it ran out while the loop was blocked) or someone else's: a key
+        # nobody took is ours again; one someone holds, or recorded done, is lost.
+        try:
+            answers = await claim_again(self._store, refused, lease_seconds=self._timeout)
+        except StoreUnavailableError as exc:
+            self._on_store_error(exc)
+            return  # cannot tell now: asked again next tick
+        for item in refused:
+            status = answers.get(item)
+            if status is ClaimStatus.ACQUIRED:
+                self.renewals += 1
+                continue
+            self._tracked.pop(item.message_id, None)  # no further extension of it
+            if status is ClaimStatus.COMPLETED:
+                continue  # recorded done by someone: its completion will find that, and delete
+            item.lease_lost = True
+            self.lost += 1
+            logger.warning(
+                "idempotency lease lost while handling: not extended, completed or deleted",
+                extra={**item.log_fields(), "key": item.key},
+            )
 
     async def stop(self, task: asyncio.Task[None]) -> None:
         """Cancel the heartbeat task and wait for it."""

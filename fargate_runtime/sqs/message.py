@@ -15,9 +15,12 @@ if TYPE_CHECKING:
 
     from types_aiobotocore_sqs.type_defs import MessageTypeDef
 
-__all__ = ["Message"]
+__all__ = ["REQUEUE_ATTRIBUTE", "Message"]
 
 _NOT_PARSED: Any = object()
+# The attribute a copy re-queued by the runtime carries: "<failures so far> <first message id>"
+# (``_handback``). Kept off ``Message.attributes``: it is the runtime's, not the producer's.
+REQUEUE_ATTRIBUTE = "fargate-runtime-requeued"
 
 
 def _timestamp(value: str | None) -> datetime | None:
@@ -38,6 +41,18 @@ def _attribute_value(value: Mapping[str, Any]) -> str | bytes | None:
     return None
 
 
+def _requeued(value: Mapping[str, Any]) -> tuple[int, str | None]:
+    """(earlier failures, first message id) from the runtime's requeue attribute."""
+    text = value.get("StringValue")
+    if not isinstance(text, str):
+        return 0, None
+    failures, _, first = text.partition(" ")
+    try:
+        return max(0, int(failures)), first or None
+    except ValueError:
+        return 0, None
+
+
 @dataclass(slots=True, eq=False)
 class Message:
     """A message received from SQS.
@@ -54,14 +69,25 @@ class Message:
     system_attributes: Mapping[str, str] = field(default_factory=dict)
     # Message attributes, as their string or binary value.
     attributes: Mapping[str, str | bytes] = field(default_factory=dict)
+    # Failures of earlier copies, when the runtime re-queued this message as a copy (a receive
+    # count near maxReceiveCount for reasons other than failures), and the first copy's id.
+    earlier_failures: int = 0
+    first_message_id: str | None = None
+    # The message attributes as SQS gave them (data types kept), for a faithful copy.
+    raw_attributes: Mapping[str, Any] = field(default_factory=dict, repr=False)
     _json: Any = field(default=_NOT_PARSED, init=False, repr=False)
 
     @classmethod
     def from_response(cls, raw: MessageTypeDef) -> Message:
         """Build from one entry of ``ReceiveMessage``'s ``Messages``."""
+        raw_attributes: Mapping[str, Any] = raw.get("MessageAttributes", {})
+        requeued: tuple[int, str | None] = (0, None)
+        if REQUEUE_ATTRIBUTE in raw_attributes:
+            raw_attributes = dict(raw_attributes)
+            requeued = _requeued(raw_attributes.pop(REQUEUE_ATTRIBUTE))
         attributes = {
             name: parsed
-            for name, value in raw.get("MessageAttributes", {}).items()
+            for name, value in raw_attributes.items()
             if (parsed := _attribute_value(value)) is not None
         }
         system = {str(name): value for name, value in raw.get("Attributes", {}).items()}
@@ -71,6 +97,9 @@ class Message:
             receipt_handle=raw.get("ReceiptHandle", ""),
             system_attributes=MappingProxyType(system),
             attributes=MappingProxyType(attributes),
+            earlier_failures=requeued[0],
+            first_message_id=requeued[1],
+            raw_attributes=raw_attributes,
         )
 
     def json(self) -> Any:

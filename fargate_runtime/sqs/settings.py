@@ -1,44 +1,43 @@
-"""Settings of the SQS consumer (env prefix ``FARGATE_RUNTIME_SQS_``) and how they meet the budget.
+"""Settings of the SQS consumer (env prefix ``FARGATE_RUNTIME_SQS_``) and how their timings nest.
 
-How the consumer's timings nest inside one another and inside the shutdown budget::
+::
 
-    receive                                   (message invisible to other consumers)
-    |<----------- visibility_timeout_seconds (20) ----------->|
-    |<-- heartbeat_after (10) -->| extend by 20 from now, renew the lease with it
-                                 |<--------------- 20 --------------->| ...up to 12 h
-    lease (Redis) = visibility: claimed just after the receive, renewed on the same tick,
+    receive (VisibilityTimeout = visibility_timeout_seconds, 10 s by default)
+    |<------------- 10 s ------------->|   a killed worker's (or an abandoned receive's)
+    |<-- 5 s -->| heartbeat: less than half left: extend to 10 s from now, renew the lease
+                |<------------- 10 s ------------->| ...and so on, up to 12 h
+    lease (Redis) = the visibility: claimed just after the receive, renewed on the same beat,
     so a hard-killed worker's claim is gone when SQS hands its message out again.
 
-    SIGTERM
-    |<------------------ drain_seconds ------------------>|
-    |<- effective WaitTimeSeconds ->|<- receive headroom ->|
-      the receive already in flight     its answer arrives and what it
-      returns (empty or not)            brought is released (visibility 0)
+    SIGTERM: the long poll in flight is abandoned at once (an idle worker exits in well under
+    a second); what SQS still hands that request stays hidden for the visibility, 10 s at most.
 
-``WaitTimeSeconds`` is **clamped**, not refused: the same image runs under task definitions with
-different ``stopTimeout``s, and the right long poll for an idle queue is simply "as long as the
-drain budget can absorb". The clamp is logged once at start. Settings that contradict each other
-whatever the budget (a heartbeat that fires after the visibility timeout, a backoff base above
-its cap) are refused at start with ``ConfigurationError`` (exit 78).
+Why 10 s: a handler that finishes within 5 s (half of it) costs no extension at all, so a busy
+queue stays at a receive and a delete per 10 messages (0.2 requests per message); a handler
+that blocks the event loop for up to ~4 s (a sync call: the heartbeat cannot beat meanwhile)
+still keeps its message; and what a SIGKILLed worker held is back within 10 s instead of the
+queue's 30 s default. Handlers that run longer are extended beat by beat (one
+``ChangeMessageVisibilityBatch`` per 10 messages per beat).
+
+``WaitTimeSeconds`` stays 20 whatever the stop timeout: shutdown does not wait for the poll.
+Settings that contradict each other (a heartbeat that ticks slower than the visibility it
+watches, a backoff base above its cap) are refused at start with ``ConfigurationError`` (exit
+78), and so is a queue that does not exist or cannot be read (``_queue``).
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ..settings import ENV_PREFIX
 
-if TYPE_CHECKING:
-    from ..settings import ShutdownBudget
-
 __all__ = [
+    "MAX_DELAY_SECONDS",
     "MAX_VISIBILITY_SECONDS",
     "MAX_WAIT_TIME_SECONDS",
-    "RECEIVE_HEADROOM_SECONDS",
     "SQS_ENV_PREFIX",
     "SqsSettings",
 ]
@@ -48,9 +47,7 @@ SQS_ENV_PREFIX = f"{ENV_PREFIX}SQS_"
 MAX_WAIT_TIME_SECONDS = 20
 MAX_VISIBILITY_SECONDS = 43_200  # 12 h, cumulative from the first receive
 MAX_BATCH = 10
-# Time, inside the drain budget, for the last long poll's answer to travel back and for what it
-# brought to be released (one ChangeMessageVisibilityBatch round trip).
-RECEIVE_HEADROOM_SECONDS = 1.0
+MAX_DELAY_SECONDS = 900  # SendMessage DelaySeconds (a requeued copy's backoff)
 
 
 class SqsSettings(BaseSettings):
@@ -70,11 +67,9 @@ class SqsSettings(BaseSettings):
     # Long polls running at once; None: one per 10 slots (a receive returns at most 10).
     receivers: int | None = Field(default=None, ge=1, le=50)
     wait_time_seconds: int = Field(default=MAX_WAIT_TIME_SECONDS, ge=0, le=MAX_WAIT_TIME_SECONDS)
-    # Short on purpose: the heartbeat extends only the messages that need it, so what a
-    # hard-killed worker (or an abandoned receive) held is back within 20 s, not SQS's 30 s or
-    # a "safe" 15 minutes. 20 rather than 10: a handler that blocks the event loop for up to
-    # half of it (10 s) still does not lose its message.
-    visibility_timeout_seconds: int = Field(default=20, ge=2, le=MAX_VISIBILITY_SECONDS)
+    # The receive-time visibility (and the claim's lease): short on purpose, see the module's
+    # docstring; the heartbeat extends only the messages that run longer.
+    visibility_timeout_seconds: int = Field(default=10, ge=2, le=MAX_VISIBILITY_SECONDS)
     # Extend visibility when less than this fraction of it remains (0.5: at 10 s of 20).
     heartbeat_fraction: float = Field(default=0.5, gt=0.0, lt=1.0)
     # How often the heartbeat looks at what is in flight (an in-memory scan; cheap).
@@ -86,16 +81,24 @@ class SqsSettings(BaseSettings):
     gather_seconds: float = Field(default=0.02, ge=0.0, le=1.0)
     backoff_base_seconds: float = Field(default=2.0, ge=0.0, le=MAX_VISIBILITY_SECONDS)
     backoff_cap_seconds: float = Field(default=300.0, ge=0.0, le=MAX_VISIBILITY_SECONDS)
-    # Store errors, in-progress duplicates: wait this long before the message comes back.
+    # A key in progress in another worker: the message comes back after this long (FIFO: its
+    # group waits this long in process, then claims again).
     in_progress_delay_seconds: int = Field(default=5, ge=0, le=MAX_VISIBILITY_SECONDS)
-    # Shutdown: abandon the receive in flight instead of letting it return (faster exit, but
-    # what SQS hands the abandoned request stays hidden for visibility_timeout_seconds).
-    abandon_receive_on_shutdown: bool = False
     # Attempts per delete / visibility entry before it is logged as given up.
     ack_attempts: int = Field(default=3, ge=1, le=10)
     # With telemetry's metrics on: read the queue's visible backlog into the backlog gauge once
     # per this many seconds (one GetQueueAttributes per task: 1,440 a day at 60 s); 0: never.
     backlog_interval_seconds: float = Field(default=60.0, ge=0.0, le=3600.0)
+
+    @field_validator("queue_url")
+    @classmethod
+    def _a_url(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError(
+                "must be the queue's URL (https://sqs.REGION.amazonaws.com/ACCOUNT/NAME), "
+                "not its name or ARN"
+            )
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> SqsSettings:
@@ -135,11 +138,3 @@ class SqsSettings(BaseSettings):
     def heartbeat_after_seconds(self) -> float:
         """Extend a message's visibility when fewer seconds than this remain."""
         return self.visibility_timeout_seconds * self.heartbeat_fraction
-
-    def effective_wait_time_seconds(self, budget: ShutdownBudget) -> int:
-        """``wait_time_seconds`` clamped so a receive in flight at SIGTERM returns in the drain.
-
-        ``floor(drain_seconds - RECEIVE_HEADROOM_SECONDS)``, at least 0 (short polling).
-        """
-        fits = math.floor(budget.drain_seconds - RECEIVE_HEADROOM_SECONDS)
-        return max(0, min(self.wait_time_seconds, fits))

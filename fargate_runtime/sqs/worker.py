@@ -19,10 +19,12 @@ that long form, for workers that need more than one queue or their own store):
    handler's writes with the record). Without ``key``: no claims.
 3. ``build_handler(runtime)``, if given instead of ``handler``: it enters the handler's own
    resources (a database pool, an HTTP client) and returns the handler.
-4. The consumer added as service ``sqs-consumer``.
+4. The queue read and checked (``Consumer.prepare``), the consumer added as service
+   ``sqs-consumer``.
 
-Resources close in reverse order after the consumer has drained and flushed. Bad settings are
-refused at start with exit code 78, before anything is received.
+Resources close in reverse order after the consumer has drained and flushed. Bad settings, a
+queue that does not exist or cannot be read, and ``deduplication_id()`` on a standard queue are
+refused at start with exit code 78 and one line, before anything is received.
 """
 
 from __future__ import annotations
@@ -108,6 +110,7 @@ def sqs_worker(
             fingerprint=fingerprint,
             on_event=on_event,
         )
+        await consumer.prepare()  # a queue that cannot be used stops the start here (exit 78)
         runtime.add_service(consumer.run, name="sqs-consumer")
 
     return Supervisor(setup, settings=settings, handle_signals=handle_signals)

@@ -42,6 +42,8 @@ class Disposition(enum.Enum):
     DELETED = "deleted"  # handled, or a completed duplicate: deleted
     BACKED_OFF = "backed_off"  # visible again after a backoff: failed, or in progress elsewhere
     RELEASED = "released"  # visible again at once: shutdown, or behind a failed FIFO message
+    REQUEUED = "requeued"  # a copy sent in its place (near maxReceiveCount, not for failures)
+    DEAD_LETTERED = "dead_lettered"  # moved to the DLQ by the runtime: failed often enough
 
 
 class MessageSpans:

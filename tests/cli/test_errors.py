@@ -301,7 +301,19 @@ def cases(apps: Path, status_port: int) -> list[Case]:
             "drill: --restart-redis with --redis-url",
             ["drill", "--restart-redis", "--redis-url", "redis://127.0.0.1:6379"],
             2,
-            r"--restart-redis restarts a private redis-server the drill starts itself",
+            r"--restart-redis needs a private redis-server the drill starts itself",
+        ),
+        Case(
+            "drill: --redis-outage-seconds with --redis-url",
+            ["drill", "--redis-outage-seconds", "5", "--redis-url", "redis://127.0.0.1:6379"],
+            2,
+            r"--redis-outage-seconds needs a private redis-server the drill starts itself",
+        ),
+        Case(
+            "drill: --redis-outage-seconds out of range",
+            ["drill", "--redis-outage-seconds", "9000"],
+            2,
+            r"--redis-outage-seconds",
         ),
         Case(
             "drill: --sqs-endpoint nothing answers",

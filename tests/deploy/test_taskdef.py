@@ -94,7 +94,7 @@ def test_template_environment_loads_in_the_runtime(
     assert budget.stop_timeout_seconds == container(load(name))["stopTimeout"]
     if name.startswith("sqs_worker"):
         sqs = load_settings(SqsSettings)
-        assert sqs.effective_wait_time_seconds(budget) == sqs.wait_time_seconds  # not clamped
+        assert sqs.wait_time_seconds == 20  # a full long poll: shutdown abandons it anyway
         assert sqs.queue_name == "sqs-worker-payments"
     else:
         load_settings(HttpSettings).check_budget(budget)
@@ -176,6 +176,14 @@ def test_runtime_settings_message_is_the_runtimes_own() -> None:
         load_settings(RuntimeSettings, stop_timeout_seconds=120, drain_seconds=200)
     assert str(raised.value) in finding.message
     assert finding.path == "$.containerDefinitions[0].environment"
+
+
+def test_an_unknown_runtime_variable_is_the_runtimes_refusal() -> None:
+    """A typo'd FARGATE_RUNTIME_* variable is reported as the exit 78 the task would meet."""
+    task = _mutate(lambda t: set_env(t, "FARGATE_RUNTIME_SQS_CONCURENCY", "20"))
+    (finding,) = check_task_definition(task)
+    assert finding.rule == "runtime-settings"
+    assert "did you mean FARGATE_RUNTIME_SQS_CONCURRENCY?" in finding.message
 
 
 def test_absent_stop_timeout_means_the_ecs_default() -> None:

@@ -239,18 +239,22 @@ def test_target_tracking_on_backlog_per_task(config: Config) -> None:
 
 
 def test_task_role_only_consumes_its_queue(config: Config) -> None:
-    """The task role may consume its own queue and read its backlog, nothing else."""
+    """The task role may consume its own queue and read it, and send to it and its DLQ (copies
+    and dead-letter moves), nothing else."""
     statements = config.data("aws_iam_policy_document", "task")["statement"]
-    assert len(statements) == 1
-    (statement,) = statements
-    assert sorted(statement["actions"]) == [
+    assert len(statements) == 2
+    consume, send = statements
+    assert sorted(consume["actions"]) == [
         "sqs:ChangeMessageVisibility",
         "sqs:DeleteMessage",
         "sqs:GetQueueAttributes",
         "sqs:ReceiveMessage",
     ]
-    assert statement["resources"] == ["${aws_sqs_queue.main.arn}"]
-    assert "effect" not in statement or statement["effect"] == "Allow"
+    assert consume["resources"] == ["${aws_sqs_queue.main.arn}"]
+    assert send["actions"] == ["sqs:SendMessage"]
+    assert send["resources"] == ["${aws_sqs_queue.main.arn}", "${aws_sqs_queue.dlq.arn}"]
+    for statement in statements:
+        assert "effect" not in statement or statement["effect"] == "Allow"
 
 
 def test_execution_role_is_separate_and_narrow(config: Config) -> None:

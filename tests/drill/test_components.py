@@ -80,7 +80,7 @@ async def test_no_redis_server_for_a_private_redis_is_a_clear_error(
         ({"sqs_endpoint_url": "http://127.0.0.1:{port}"}, "no SQS endpoint answers at"),
         (
             {"redis_url": "redis://127.0.0.1:{port}", "private_redis": True},
-            "will not restart the Redis at",
+            "will not touch the Redis at",
         ),
     ],
 )

@@ -207,3 +207,23 @@ def test_misbehaving_handlers_are_survived_with_forced_exits_counted(
     assert figures["charged"] == 8
     assert figures["forced_exits"] >= 1, out
     assert "exit 70" in out
+
+
+@pytest.mark.slow
+def test_a_redis_outage_dead_letters_nothing_and_loses_nothing(
+    tmp_path: Path, sqs_endpoint: str
+) -> None:
+    """Redis answers nothing for 8 s while workers are interrupted (maxReceiveCount 2, where
+    every spent receive counts): nothing lost, charged twice or dead-lettered by the outage."""
+    code, out, figures = drill(
+        tmp_path, sqs_endpoint, None,
+        "--events", "60", "--workers", "2", "--redis-outage-seconds", "8",
+        "--max-receive-count", "2", "--first-interrupt", "1.0", "--interrupt-every", "1.5,2",
+        timeout=150,
+    )  # fmt: skip
+    assert code == 0, out
+    assert (figures["lost"], figures["double_charges"]) == (0, 0)
+    assert figures["dead_lettered_by_outage"] == 0
+    assert figures["charged"] == 60
+    assert "Redis outages" in out
+    assert "NOT EXPLAINED" not in out

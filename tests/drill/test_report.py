@@ -33,6 +33,7 @@ ISSUE_FIELDS = [
     "double_charges",
     "lost",
     "dead_lettered",
+    "dead_lettered_by_outage",
     "handler_executions",
     "sigterms",
     "overruns",
@@ -55,7 +56,7 @@ def clean() -> list[RecordedRequest]:
 
 
 def test_json_has_exactly_the_documented_fields(tmp_path: Path) -> None:
-    """``--json`` writes the issues' 23 fields, in order, and nothing else."""
+    """``--json`` writes the issues' 24 fields, in order, and nothing else."""
     assert list(JSON_FIELDS) == ISSUE_FIELDS
     report = build_report(observations(clean()))
     path = tmp_path / "report.json"

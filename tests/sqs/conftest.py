@@ -97,13 +97,27 @@ def sync_sqs(sqs_endpoint: str) -> Any:
 
 @pytest.fixture
 def queue_factory(sync_sqs: Any) -> Iterator[Any]:
-    """``queue_factory(fifo=False)`` -> URL of a fresh queue, deleted after the test."""
+    """``queue_factory(fifo=False, dlq_after=None)`` -> URL of a fresh queue, deleted after the
+    test; ``dlq_after=N`` adds a dead-letter queue (``dlq_url``) after N receives."""
     created: list[str] = []
 
-    def make(*, fifo: bool = False) -> str:
-        name = f"w{uuid.uuid4().hex[:16]}" + (".fifo" if fifo else "")
+    def make(*, fifo: bool = False, dlq_after: int | None = None) -> str:
+        name = f"w{uuid.uuid4().hex[:16]}"
+        suffix = ".fifo" if fifo else ""
         attributes = {"FifoQueue": "true"} if fifo else {}
-        url: str = sync_sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+        if dlq_after is not None:
+            dlq = sync_sqs.create_queue(QueueName=f"{name}-dlq{suffix}", Attributes=attributes)
+            created.append(dlq["QueueUrl"])
+            arn = sync_sqs.get_queue_attributes(
+                QueueUrl=dlq["QueueUrl"], AttributeNames=["QueueArn"]
+            )["Attributes"]["QueueArn"]
+            attributes = {
+                **attributes,
+                "RedrivePolicy": json.dumps(
+                    {"deadLetterTargetArn": arn, "maxReceiveCount": str(dlq_after)}
+                ),
+            }
+        url: str = sync_sqs.create_queue(QueueName=name + suffix, Attributes=attributes)["QueueUrl"]
         created.append(url)
         return url
 

@@ -1,4 +1,4 @@
-"""Shutdown in-process: unstarted messages released at once, the late receive, stragglers."""
+"""Shutdown in-process: unstarted messages released at once, the poll abandoned, stragglers."""
 
 from __future__ import annotations
 
@@ -57,10 +57,11 @@ async def test_unstarted_fifo_followers_are_released_at_once_while_the_head_drai
     assert await counts(sqs, queue) == QueueCounts(visible=2, not_visible=0)
 
 
-async def test_the_receive_in_flight_returns_and_what_it_brings_is_released(
+async def test_the_receive_in_flight_is_abandoned_at_once_while_a_handler_drains(
     sqs: SQSClient, make_queue: Callable[..., Awaitable[str]]
 ) -> None:
-    """A message the last long poll brings after SIGTERM is released at once, not hidden."""
+    """At shutdown the waiting long poll is abandoned (counted), not waited for; the running
+    handler still finishes and its message is deleted."""
     queue = await make_queue()
     started, finish = asyncio.Event(), asyncio.Event()
     handled: list[str] = []
@@ -75,41 +76,18 @@ async def test_the_receive_in_flight_returns_and_what_it_brings_is_released(
         client=sqs,
         settings=settings(queue, concurrency=2, visibility_timeout_seconds=LONG_VISIBILITY),
     )
-    # Drain 10 s: the long poll waits 9 s, ample time for the late message to reach it.
     async with running(consumer, drain_seconds=10) as run:
         await send(sqs, queue, ["first"])
         await asyncio.wait_for(started.wait(), 30)
         await eventually(lambda: consumer.receives_in_flight == 1, what="second poll waiting")
         stopping = asyncio.create_task(run.stop())
-        await send(sqs, queue, ["late"])
-        await eventually(lambda: consumer.stats.released_on_shutdown == 1, what="late released")
-        assert await counts(sqs, queue) == QueueCounts(visible=1, not_visible=1)
+        await eventually(lambda: consumer.stats.abandoned_receives == 1, what="poll abandoned")
+        await eventually(lambda: consumer.receives_in_flight == 0, what="poll gone")
         finish.set()
         assert not await stopping
     assert handled == ["first"]
-    assert consumer.stats.abandoned_receives == 0
-    assert await counts(sqs, queue) == QueueCounts(visible=1, not_visible=0)
-
-
-async def test_abandon_option_leaves_the_long_poll_and_counts_it(
-    sqs: SQSClient, make_queue: Callable[..., Awaitable[str]]
-) -> None:
-    """With ``abandon_receive_on_shutdown`` the consumer stops without waiting for its poll."""
-    queue = await make_queue()
-
-    async def handle(message: Message, context: MessageContext) -> None:
-        raise AssertionError("nothing to handle")
-
-    consumer = Consumer(
-        handle,
-        client=sqs,
-        settings=settings(queue, concurrency=3, abandon_receive_on_shutdown=True),
-    )
-    async with running(consumer, drain_seconds=10) as run:
-        await eventually(lambda: consumer.receives_in_flight == 1, what="poll waiting")
-        assert not await run.stop()
-    assert consumer.stats.abandoned_receives == 1
-    assert consumer.stats.hidden_by_abandoned_receive == 3
+    assert consumer.stats.hidden_by_abandoned_receive == 1  # one free slot: at most one hidden
+    assert await counts(sqs, queue) == QueueCounts(visible=0, not_visible=0)
 
 
 async def test_straggler_is_cancelled_at_the_drain_deadline_and_released(

@@ -27,8 +27,6 @@ from fargate_runtime.sqs._inflight import InFlight
 from fargate_runtime.sqs._receiver import Slots
 from fargate_runtime.sqs.heartbeat import Heartbeat
 
-from .support import budget
-
 if TYPE_CHECKING:
     from types_aiobotocore_sqs import SQSClient
     from types_aiobotocore_sqs.type_defs import MessageTypeDef
@@ -60,12 +58,19 @@ def test_backoff_doubles_with_receive_count_and_is_capped() -> None:
     assert Backoff(base_seconds=0, cap_seconds=0).delay_seconds(5) == 0
 
 
-def test_wait_time_is_clamped_to_the_drain_budget() -> None:
-    """A receive in flight at SIGTERM must return inside the drain: the wait is clamped."""
+def test_defaults_keep_a_full_long_poll_and_a_short_visibility() -> None:
+    """WaitTimeSeconds 20 whatever the budget (shutdown abandons the poll); visibility 10 s."""
     settings = SqsSettings(queue_url="https://sqs.example/1/q")
-    assert settings.effective_wait_time_seconds(budget(drain_seconds=23.0)) == 20
-    assert settings.effective_wait_time_seconds(budget(drain_seconds=8.5)) == 7
-    assert settings.effective_wait_time_seconds(budget(drain_seconds=1.0)) == 0
+    assert settings.wait_time_seconds == 20
+    assert settings.visibility_timeout_seconds == 10
+    assert settings.heartbeat_after_seconds == 5
+
+
+def test_a_queue_name_or_arn_is_refused_as_the_queue_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The queue URL must be a URL: a name or an ARN is refused at start, naming the variable."""
+    monkeypatch.setenv("FARGATE_RUNTIME_SQS_QUEUE_URL", "arn:aws:sqs:us-east-1:1:payments")
+    with pytest.raises(ConfigurationError, match=r"FARGATE_RUNTIME_SQS_QUEUE_URL: .*queue's URL"):
+        load_settings(SqsSettings)
 
 
 def test_contradictory_settings_are_refused_naming_the_variables(
@@ -141,6 +146,28 @@ async def test_slots_give_what_is_free_gather_for_more_and_close() -> None:
 
 async def handle(message: Message, context: MessageContext) -> None:
     """A handler that does nothing."""
+
+
+def test_deduplication_id_key_is_refused_on_a_standard_queue() -> None:
+    """``deduplication_id()`` on a standard queue (no such ids: all malformed) is refused at
+    construction, naming the queue URL variable; on a FIFO queue it is accepted."""
+    client: SQSClient = object()  # type: ignore[assignment]
+    idempotency = Idempotency(MemoryStore(), prefix="p")
+    with pytest.raises(ConfigurationError, match=r"FARGATE_RUNTIME_SQS_QUEUE_URL .* standard"):
+        Consumer(
+            handle,
+            client=client,
+            settings=SqsSettings(queue_url="https://sqs.example/1/q"),
+            idempotency=idempotency,
+            key=deduplication_id(),
+        )
+    Consumer(
+        handle,
+        client=client,
+        settings=SqsSettings(queue_url="https://sqs.example/1/q.fifo"),
+        idempotency=idempotency,
+        key=deduplication_id(),
+    )
 
 
 @pytest.mark.parametrize(

@@ -9,14 +9,21 @@ from fargate_runtime.lifecycle import Lifecycle, Phase
 from fargate_runtime.settings import RuntimeSettings
 
 
-async def get(port: int, path: str) -> int:
+async def get_body(port: int, path: str) -> tuple[int, str]:
+    """Status and body of ``GET path``."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(f"GET {path} HTTP/1.1\r\nhost: x\r\n\r\n".encode())
     await writer.drain()
-    status_line = await reader.readline()
+    response = await reader.read()
     writer.close()
     await writer.wait_closed()
-    return int(status_line.split()[1])
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode()
+
+
+async def get(port: int, path: str) -> int:
+    """Status of ``GET path``."""
+    return (await get_body(port, path))[0]
 
 
 async def test_readiness_turns_503_at_shutdown_while_liveness_stays_200() -> None:
@@ -33,6 +40,24 @@ async def test_readiness_turns_503_at_shutdown_while_liveness_stays_200() -> Non
         assert await get(server.port, "/readyz") == 503
         assert await get(server.port, "/healthz") == 200
         assert await get(server.port, "/other") == 404
+
+
+async def test_readiness_held_back_by_a_service_says_why() -> None:
+    """A service's hold turns readiness 503 with its reason; lifting it turns it 200 again."""
+    lifecycle = Lifecycle(RuntimeSettings().budget())
+    lifecycle._set_phase(Phase.RUNNING)
+    async with HealthServer(lifecycle, host="127.0.0.1", port=0) as server:
+        assert server.port is not None
+        lifecycle.set_unready("sqs-consumer", "idempotency store unavailable: Redis \u2013 timeout")
+        assert await get_body(server.port, "/readyz") == (
+            503,
+            "sqs-consumer: idempotency store unavailable: Redis \u2013 timeout",
+        )
+        assert await get(server.port, "/healthz") == 200
+        lifecycle.set_unready("sqs-consumer", None)
+        assert await get_body(server.port, "/readyz") == (200, "ok")
+        lifecycle.request_shutdown("test")
+        assert await get_body(server.port, "/readyz") == (503, "draining")
 
 
 async def test_probe_answers_true_only_for_200() -> None:

@@ -131,7 +131,8 @@ async def test_store_error_is_on_the_span(
     redis_prefix: str,
     policy: FailurePolicy,
 ) -> None:
-    """With Redis down the span says ``store_error``: unrun (fail closed) or run (fail open)."""
+    """With Redis down the span says ``store_error``: unrun and held until the stop (fail
+    closed), or run (fail open)."""
     client = redis.asyncio.Redis.from_url(private_redis.url, socket_connect_timeout=1)
     idempotency = Idempotency(RedisStore(client), prefix=redis_prefix, failure_policy=policy)
     private_redis.stop()
@@ -143,7 +144,12 @@ async def test_store_error_is_on_the_span(
     message_id, _ = await send_traced(sqs, queue, event("store-down"))
     consumer = keyed(handle, sqs, queue, idempotency)
     try:
-        async with running(consumer):
+        async with running(consumer) as run:
+            if policy is FailurePolicy.CLOSED:
+                await eventually(
+                    lambda: not consumer.store_available and consumer.held == 1, what="held"
+                )
+                await run.stop()  # held until then: released at shutdown, its span ended
             await eventually(lambda: message_id in process_spans(recorded, queue), what="a span")
     finally:
         await client.aclose()

@@ -232,8 +232,10 @@ def test_a_dead_or_hung_collector_never_costs_the_shutdown(
             after = [line for line in worker.lines if line["_received"] >= sent_at]
     assert code == 0, worker.output()
     assert exited_after < STOP_TIMEOUT_SECONDS - MARGIN_SECONDS
-    (warning,) = [line for line in after if line.get("level") == "WARNING"]
-    assert warning["logger"] == "fargate_runtime.telemetry"
+    warnings = [line for line in after if line.get("level") == "WARNING"]
+    # One line about telemetry, whatever else the shutdown says (e.g. the abandoned receive).
+    (warning,) = [line for line in warnings if line["logger"] == "fargate_runtime.telemetry"]
+    assert all(line["logger"].startswith("fargate_runtime") for line in warnings), warnings
     assert warning["message"].startswith("telemetry not delivered")
     assert endpoint in warning["message"]
     assert warning["flush_seconds"] <= CLOSE_SECONDS
