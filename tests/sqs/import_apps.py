@@ -19,7 +19,15 @@ if TYPE_CHECKING:
     from fargate_runtime.sqs import Message, MessageContext
 
 # Packages a plain worker must not load, and the first module that imported each of them.
-WATCHED = ("uvicorn", "starlette", "opentelemetry.sdk", "redis", "asyncpg", "fargate_runtime.http")
+WATCHED = (
+    "uvicorn",
+    "starlette",
+    "opentelemetry",
+    "opentelemetry.sdk",
+    "redis",
+    "asyncpg",
+    "fargate_runtime.http",
+)
 _importers: dict[str, str] = {}
 
 
