@@ -16,6 +16,7 @@ cost about 20 µs per message); ``telemetry="memory"`` still runs that, for comp
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import subprocess
@@ -162,18 +163,39 @@ async def _overhead(redis_url: str, *, detector: bool = False) -> float:
 def _overhead_child(
     redis_url: str, *, telemetry: str | None = None, detector: bool = False
 ) -> None:
-    """Entry point of the pinned child process: print wall and CPU rates per round as JSON."""
+    """Entry point of the pinned child process: print its rounds' figures as JSON.
+
+    ``wall`` and ``cpu`` in messages per second; ``gc_us`` the garbage collector's time per
+    message (spans are many small objects: part of what they cost is collecting them).
+    """
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})
     exported = _install_telemetry(telemetry) if telemetry else None
-    wall, cpu = [], []
+    collecting = _GcTime()
+    gc.callbacks.append(collecting)
+    wall, cpu, gc_us = [], [], []
     for _ in range(ROUNDS_PER_CHILD):
-        cpu_started = time.process_time()
+        cpu_started, collecting.seconds = time.process_time(), 0.0
         wall.append(asyncio.run(_overhead(redis_url, detector=detector)))
         if exported is not None:
             # Every message made its span, exported (the export thread's CPU counts too).
             assert exported() >= OVERHEAD_MESSAGES
         cpu.append(OVERHEAD_MESSAGES / (time.process_time() - cpu_started))
-    print(json.dumps({"wall": wall, "cpu": cpu}))
+        gc_us.append(1e6 * collecting.seconds / OVERHEAD_MESSAGES)
+    print(json.dumps({"wall": wall, "cpu": cpu, "gc_us": gc_us}))
+
+
+class _GcTime:
+    """Adds up the time the garbage collector runs (a ``gc.callbacks`` entry)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._started
 
 
 class _DroppingExporter(SpanExporter):
@@ -223,7 +245,7 @@ def _install_telemetry(export: str) -> Callable[[], int]:
 def overhead_pinned(
     redis_url: str, *, telemetry: str | None, detector: bool = False
 ) -> dict[str, list[float]]:
-    """One child's rounds: ``{"wall": [...], "cpu": [...]}`` in messages per second.
+    """One child's rounds: ``wall`` and ``cpu`` in messages per second, ``gc_us`` per message.
 
     ``telemetry``: None (off), ``"batch"`` (a batch processor, batches dropped) or ``"memory"``.
     """

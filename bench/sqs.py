@@ -255,12 +255,12 @@ def _rss_mb(pid: int) -> float:
 def _overheads(redis_url: str) -> tuple[dict[str, list[float]], ...]:
     """Telemetry off, detector on, telemetry on: a pinned child each, in alternation."""
     modes: list[tuple[str | None, bool]] = [(None, False), (None, True), ("batch", False)]
-    runs: list[dict[str, list[float]]] = [{"wall": [], "cpu": []} for _ in modes]
+    runs: list[dict[str, list[float]]] = [{"wall": [], "cpu": [], "gc_us": []} for _ in modes]
     for _ in range(OVERHEAD_ALTERNATIONS):
         for figures, (telemetry, detector) in zip(runs, modes, strict=True):
             child = overhead_pinned(redis_url, telemetry=telemetry, detector=detector)
-            figures["wall"] += child["wall"]
-            figures["cpu"] += child["cpu"]
+            for field, values in child.items():
+                figures[field] += values
     return tuple(runs)
 
 
@@ -318,6 +318,15 @@ def main() -> dict[str, object]:
             statistics.median(overhead_telemetry["wall"]) / statistics.median(overhead["wall"]), 3
         ),
         "overhead_telemetry_export": "BatchSpanProcessor, an exporter dropping each batch",
+        "overhead_cpu_us_per_message": {
+            "telemetry_off": round(1e6 / statistics.median(overhead["cpu"]), 1),
+            "telemetry_on": round(1e6 / statistics.median(overhead_telemetry["cpu"]), 1),
+        },
+        # Of those, the garbage collector's share.
+        "overhead_gc_us_per_message": {
+            "telemetry_off": round(statistics.median(overhead["gc_us"]), 1),
+            "telemetry_on": round(statistics.median(overhead_telemetry["gc_us"]), 1),
+        },
         "idle_rss_mb": round(statistics.median(rss for _, rss in starts), 1),
         "start_to_ready_seconds": round(statistics.median(ready for ready, _ in starts), 3),
         "targets": TARGETS,

@@ -136,6 +136,13 @@ def test_log_lines_inside_a_span_carry_its_ids(recorded: Recorded) -> None:
     assert "trace_id" not in outside
 
 
+def _printed_by(script: str) -> list[str]:
+    """The words ``script`` prints, run in a fresh interpreter (providers are set once each)."""
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout.split()
+
+
 def test_telemetry_off_installs_nothing_and_imports_no_exporter() -> None:
     """With telemetry off, no provider is installed and neither the SDK nor OTLP is imported."""
     script = (
@@ -150,9 +157,7 @@ def test_telemetry_off_installs_nothing_and_imports_no_exporter() -> None:
         "print(any(m.startswith('opentelemetry.exporter') for m in sys.modules))\n"
         "print('opentelemetry.sdk.trace' in sys.modules)\n"
     )
-    output = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True
-    ).stdout.split()
+    output = _printed_by(script)
     assert output == ["False", "ProxyTracerProvider", "False", "False"]
 
 
@@ -183,9 +188,7 @@ def test_telemetry_off_loads_no_opentelemetry_at_all() -> None:
         "loaded = [name for name in sys.modules if name.startswith('opentelemetry')]\n"
         "print(span, tracing_enabled(), metrics_enabled(), loaded)\n"
     )
-    output = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True
-    ).stdout.split()
+    output = _printed_by(script)
     assert output == ["None", "False", "False", "[]"]
 
 
@@ -215,9 +218,7 @@ def test_metrics_installed_after_a_consumer_was_made_still_get_its_figures() -> 
         "duration = found['messaging.process.duration']\n"
         "print(duration.count, duration.sum, found['messaging.client.consumed.messages'].value)\n"
     )
-    output = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True
-    ).stdout.split()
+    output = _printed_by(script)
     assert output == ["1", "0.25", "7"]
 
 
