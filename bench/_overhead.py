@@ -44,7 +44,17 @@ if TYPE_CHECKING:
 
     from opentelemetry.sdk.trace import ReadableSpan
 
-__all__ = ["BUDGET", "StubSqs", "body", "delete_prefix", "overhead_pinned"]
+__all__ = [
+    "BUDGET",
+    "OVERHEAD_CONCURRENCY",
+    "OVERHEAD_MESSAGES",
+    "REPO",
+    "ROUNDS_PER_CHILD",
+    "StubSqs",
+    "body",
+    "delete_prefix",
+    "overhead_pinned",
+]
 
 REPO = Path(__file__).resolve().parent.parent
 OVERHEAD_MESSAGES = 20_000
