@@ -8,7 +8,7 @@ format is used whatever ``OTEL_PROPAGATORS`` says: the attribute is named ``trac
 Sending injects through the W3C propagator. Receiving parses the value here
 (``parse_traceparent``), to the propagator's rules: the consumer does it for every message, and
 the propagator's round trip (a carrier, a ``Context`` and a span built only to be unwrapped
-again) costs four times the parse.
+again) costs more than twice the parse (4.2 against 1.8 µs).
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Imported only when telemetry is installed (it subclasses the SDK's ``Sampler``). It decides as
 ``ParentBased(TraceIdRatioBased(ratio))`` does, with the parent's decision taken here directly:
-every consumer span has a parent (its producer's), and the SDK's composite spends three sampler
-calls and two context look-ups per span to reach the same answer.
+a message's span mostly has a parent (its producer's), and the SDK's composite spends three
+sampler calls and two context look-ups to reach the same answer (2.5 against 1.7 µs a span).
 """
 
 from __future__ import annotations
