@@ -3,15 +3,23 @@
 - ``footprint.worker``: the example worker (``fargate-runtime run examples.sqs_worker.app:app``,
   Redis keys, telemetry off) from exec to its "sqs consumer started" line: the process's CPU
   seconds then (``/proc/PID/stat``), and its resident set after 2 s idle in a long poll.
+- ``footprint.plain_worker``: the same for the smallest ``sqs_worker`` (no keys, no HTTP, no
+  telemetry: ``bench/_footprint_apps.py``), what the runtime itself costs.
 - ``footprint.plain_loop``: the same for a plain aioboto3 loop (import, client, first receive).
-- ``footprint.imports``: what importing each dependency costs a fresh interpreter (CPU seconds
-  and RSS), cumulatively, so the floor under the worker's figures is visible: aioboto3 alone,
-  then redis-py, then pydantic-settings, then the OpenTelemetry API, then the runtime.
-  ``sdk_installed`` says whether the OpenTelemetry SDK is importable: redis-py 7+ imports its
-  metrics module whenever it is (``imports.with_redis_without_sdk`` shows the difference).
+- ``footprint.imports``: what importing a set of packages costs a fresh interpreter (CPU seconds
+  and RSS), so the floor under the workers' figures is visible: aioboto3 alone, with
+  pydantic-settings (the runtime's settings), then the plain worker's module; with redis-py,
+  then the example worker's module. ``sdk_installed`` says whether the OpenTelemetry SDK is
+  importable: redis-py 7+ imports its metrics module whenever it is
+  (``imports.with_redis_without_sdk`` shows the difference). ``with_otel_api`` is what the
+  OpenTelemetry API would add (a worker without telemetry no longer loads it).
+- ``footprint.floor``: the plain loop plus what pydantic-settings (and, for the example worker,
+  redis-py) add to a bare aioboto3 import: below it no worker on these libraries can go.
 
-Rounds alternate between the worker and the plain loop; medians are reported. Merges into
-``bench/results/sqs.json`` (``start_cpu_seconds``, ``idle_rss_mb_worker`` and ``footprint``).
+The project's bytecode is compiled first, as the images ship it (``bench/_bytecode.py``). Rounds
+alternate between the workers and the plain loop; medians are reported. Merges into
+``bench/results/sqs.json`` (``start_cpu_seconds``, ``idle_rss_mb_worker``, their
+``_plain_worker`` twins and ``footprint``).
 """
 
 from __future__ import annotations
@@ -30,25 +38,26 @@ from typing import Any
 
 import botocore.session
 
+from bench._bytecode import compile_project
 from bench._results import merge_results
 from fargate_runtime.local import MotoServer, answering_redis, sqs_environment
 
 REPO = Path(__file__).resolve().parent.parent
-ROUNDS = 3
+ROUNDS = 5
 IDLE_SECONDS = 2.0
 TARGETS = {"start_cpu_seconds": 0.4, "idle_rss_mb": 60}
 READY_LINE = "ready to receive"
 
-# Each step imports what the one before did, and more.
+# What a fresh interpreter has imported, in two chains: without redis-py, then with it.
 IMPORT_STEPS = {
     "python": "pass",
     "aioboto3": "import aioboto3",
-    "with_redis": "import aioboto3, redis.asyncio",
-    "with_pydantic_settings": "import aioboto3, redis.asyncio, pydantic_settings",
+    "with_pydantic_settings": "import aioboto3, pydantic_settings",
     "with_otel_api": (
-        "import aioboto3, redis.asyncio, pydantic_settings, opentelemetry.trace, "
-        "opentelemetry.metrics"
+        "import aioboto3, pydantic_settings, opentelemetry.trace, opentelemetry.metrics"
     ),
+    "plain_worker_module": "import bench._footprint_apps",
+    "with_redis": "import aioboto3, pydantic_settings, redis.asyncio",
     "example_worker_module": "import examples.sqs_worker.app",
 }
 # Hides the SDK from redis-py as an install without it would (a finder that refuses it).
@@ -133,7 +142,9 @@ def _imports(code: str, *, without_sdk: bool = False) -> dict[str, float]:
 
 def main() -> dict[str, object]:
     """Measure, print, merge into ``bench/results/sqs.json``."""
+    compile_project()
     worker_runs: list[dict[str, float]] = []
+    plain_runs: list[dict[str, float]] = []
     loop_runs: list[dict[str, float]] = []
     with answering_redis() as redis_url, MotoServer() as moto, tempfile.TemporaryDirectory() as d:
         os.environ.update(sqs_environment(moto.endpoint_url))
@@ -152,9 +163,11 @@ def main() -> dict[str, object]:
             "QUEUE_URL": queue,
             "PYTHONUNBUFFERED": "1",
         }
-        worker = [sys.executable, "-m", "fargate_runtime.cli", "run", "examples.sqs_worker.app:app"]
+        run = [sys.executable, "-m", "fargate_runtime.cli", "run"]
+        ready = '"sqs consumer started"'
         for _ in range(ROUNDS):
-            worker_runs.append(_start(worker, env, '"sqs consumer started"'))
+            worker_runs.append(_start([*run, "examples.sqs_worker.app:app"], env, ready))
+            plain_runs.append(_start([*run, "bench._footprint_apps:plain"], env, ready))
             loop_runs.append(_start([sys.executable, "-c", _PLAIN_LOOP], env, READY_LINE))
         client.delete_queue(QueueUrl=queue)
     imports = {name: _imports(code) for name, code in IMPORT_STEPS.items()}
@@ -168,8 +181,10 @@ def main() -> dict[str, object]:
 
     footprint: dict[str, Any] = {
         "worker": medians(worker_runs),
+        "plain_worker": medians(plain_runs),
         "plain_loop": medians(loop_runs),
         "imports": imports,
+        "floor": _floor(medians(loop_runs), imports),
         "sdk_installed": importlib.util.find_spec("opentelemetry.sdk") is not None,
         "targets": TARGETS,
         "rounds": ROUNDS,
@@ -177,6 +192,8 @@ def main() -> dict[str, object]:
     figures: dict[str, object] = {
         "start_cpu_seconds": footprint["worker"]["start_cpu_seconds"],
         "idle_rss_mb_worker": footprint["worker"]["idle_rss_mb"],
+        "start_cpu_seconds_plain_worker": footprint["plain_worker"]["start_cpu_seconds"],
+        "idle_rss_mb_plain_worker": footprint["plain_worker"]["idle_rss_mb"],
         "footprint": footprint,
     }
     merge_results("sqs", figures)
@@ -187,12 +204,39 @@ def main() -> dict[str, object]:
     return figures
 
 
+def _floor(loop: dict[str, float], imports: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """The plain loop plus what the libraries a worker needs add to a bare aioboto3 import."""
+
+    def added(step: str) -> tuple[float, float]:
+        return (
+            imports[step]["cpu_seconds"] - imports["aioboto3"]["cpu_seconds"],
+            imports[step]["rss_mb"] - imports["aioboto3"]["rss_mb"],
+        )
+
+    floors: dict[str, Any] = {}
+    for worker, step in (("plain_worker", "with_pydantic_settings"), ("worker", "with_redis")):
+        cpu, rss = added(step)
+        floors[worker] = {
+            "start_cpu_seconds": round(loop["start_cpu_seconds"] + cpu, 3),
+            "idle_rss_mb": round(loop["idle_rss_mb"] + rss, 1),
+            "libraries": step,
+        }
+    return floors
+
+
 def _summary(footprint: dict[str, Any]) -> str:
-    worker, loop = footprint["worker"], footprint["plain_loop"]
-    return (
-        f"worker: {worker['start_cpu_seconds']} s CPU to ready, {worker['idle_rss_mb']} MB idle; "
-        f"plain loop: {loop['start_cpu_seconds']} s, {loop['idle_rss_mb']} MB"
-    )
+    lines = []
+    for name in ("worker", "plain_worker", "plain_loop"):
+        row = footprint[name]
+        floor = footprint["floor"].get(name)
+        under = (
+            f" (floor {floor['start_cpu_seconds']} s, {floor['idle_rss_mb']} MB)" if floor else ""
+        )
+        lines.append(
+            f"{name:<13} {row['start_cpu_seconds']:.3f} s CPU to ready, "
+            f"{row['idle_rss_mb']:.1f} MB idle{under}"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

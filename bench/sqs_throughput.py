@@ -247,8 +247,8 @@ def _mean_latency(tail: HeavyTail) -> float:
 
 def _capacity_child(concurrency: int, count: int) -> None:
     """Child entry point: ours on the SQS stub at ``concurrency``, heavy-tailed; print figures."""
+    from bench._overhead import StubSqs
     from bench._sqs_peers import _handled, _steady_rate
-    from bench.sqs import StubSqs
     from fargate_runtime.lifecycle import Lifecycle
     from fargate_runtime.sqs import Consumer, Message, MessageContext, SqsSettings
 
@@ -270,7 +270,7 @@ def _capacity_child(concurrency: int, count: int) -> None:
                 concurrency=concurrency,
             ),
         )
-        from bench.sqs import BUDGET
+        from bench._overhead import BUDGET
 
         lifecycle = Lifecycle(BUDGET)
         cpu, wall = time.process_time(), time.perf_counter()
@@ -383,7 +383,7 @@ class _Collector:
 
 async def _by_handler_seconds(endpoint: str) -> dict[str, Any]:
     """Ours on three queues at once (one per handler duration); requests counted per queue."""
-    from bench.sqs import BUDGET
+    from bench._overhead import BUDGET
     from fargate_runtime.lifecycle import Lifecycle
     from fargate_runtime.sqs import Consumer, Message, MessageContext, SqsSettings, open_sqs_client
 

@@ -21,10 +21,10 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TextIO
 
-from opentelemetry import trace
-
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
+
+    from opentelemetry import trace
 
 __all__ = [
     "JsonFormatter",
@@ -118,8 +118,13 @@ def span_log_fields(span: trace.Span | None) -> dict[str, str]:
 
 
 def _trace_fields() -> dict[str, str]:
-    """``trace_id`` and ``span_id`` of the current span (none outside a span)."""
-    return span_log_fields(trace.get_current_span())
+    """``trace_id`` and ``span_id`` of the current span (none outside a span).
+
+    Asked only once the OpenTelemetry API is loaded: before, no span can exist, and a worker
+    without telemetry need not load it.
+    """
+    api = sys.modules.get("opentelemetry.trace")
+    return {} if api is None else span_log_fields(api.get_current_span())
 
 
 def _exception_fields(record: logging.LogRecord) -> Mapping[str, Any]:

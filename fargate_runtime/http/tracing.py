@@ -27,7 +27,7 @@ from starlette.routing import Match, Route
 
 from ..logging import remember_log_context
 from ..telemetry import ERROR_TYPE_ATTRIBUTE, metrics_enabled, tracing_enabled
-from ..telemetry._core import TRACER, error_type_of
+from ..telemetry._core import error_type_of, tracer
 from ..telemetry._instruments import http_server_duration
 
 if TYPE_CHECKING:
@@ -117,7 +117,7 @@ class _Request:
         carrier = {
             name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]
         }
-        return TRACER.start_span(
+        return tracer().start_span(
             self.method or "HTTP",
             context=extract(carrier),
             kind=SpanKind.SERVER,

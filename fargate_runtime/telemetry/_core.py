@@ -1,28 +1,33 @@
 """What every part of the runtime's telemetry shares: whether it is on, the tracer, span outcomes.
 
-Only the OpenTelemetry API is imported here: with telemetry off it hands out no-op tracers and
-meters, and the checks below let hot paths skip even building what a no-op would discard.
+Nothing of OpenTelemetry is imported here. A process where nothing imported its API cannot have
+a provider installed, let alone a span: until then the checks below answer "off" from
+``sys.modules`` and a worker without telemetry never loads the API. Once it is loaded, the
+checks let hot paths skip even building what a no-op span or meter would discard.
 """
 
 from __future__ import annotations
 
 import enum
-from typing import Final
+import functools
+import sys
+from typing import TYPE_CHECKING, Final
 
-from opentelemetry import metrics, trace
-from opentelemetry.trace import Status, StatusCode
+if TYPE_CHECKING:
+    from opentelemetry import trace
 
 __all__ = [
     "ERROR_TYPE_ATTRIBUTE",
     "IDEMPOTENCY_OUTCOME_ATTRIBUTE",
     "INSTRUMENTATION_NAME",
-    "TRACER",
     "ErrorType",
     "IdempotencyOutcome",
+    "current_span",
     "error_type_of",
     "mark_error",
     "mark_idempotency_outcome",
     "metrics_enabled",
+    "tracer",
     "tracing_enabled",
 ]
 
@@ -32,9 +37,8 @@ IDEMPOTENCY_OUTCOME_ATTRIBUTE: Final = "fargate_runtime.idempotency.outcome"
 # The conventions' attribute for what went wrong: an exception's class, or a value of ErrorType.
 ERROR_TYPE_ATTRIBUTE: Final = "error.type"
 
-# Got once: a new tracer per message costs a fifth of the span. Until a provider is installed
-# this is the API's proxy, which picks the installed provider's tracer up on first use after.
-TRACER: Final = trace.get_tracer(INSTRUMENTATION_NAME)
+_TRACE_API: Final = "opentelemetry.trace"
+_METRICS_API: Final = "opentelemetry.metrics"
 
 
 class IdempotencyOutcome(enum.Enum):
@@ -68,8 +72,11 @@ def tracing_enabled() -> bool:
     The API's own providers hand out no-op spans; checking first skips the work of building
     one (context extraction, attributes, context managers), which is not free per message.
     """
-    provider = trace.get_tracer_provider()
-    return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+    api = sys.modules.get(_TRACE_API)  # (typed loosely: the API may not be loaded)
+    if api is None:
+        return False
+    provider = api.get_tracer_provider()
+    return not isinstance(provider, api.ProxyTracerProvider | api.NoOpTracerProvider)
 
 
 def metrics_enabled() -> bool:
@@ -78,13 +85,34 @@ def metrics_enabled() -> bool:
     Both of those live in ``opentelemetry.metrics`` (the proxy class is private), so the
     provider's module tells them from the SDK's or any other real implementation.
     """
-    return not type(metrics.get_meter_provider()).__module__.startswith("opentelemetry.metrics")
+    api = sys.modules.get(_METRICS_API)
+    if api is None:
+        return False
+    return not type(api.get_meter_provider()).__module__.startswith(_METRICS_API)
+
+
+@functools.cache
+def tracer() -> trace.Tracer:
+    """The runtime's tracer, got once (a new tracer per message costs a fifth of the span).
+
+    Until a provider is installed this is the API's proxy, which picks the installed provider's
+    tracer up on first use after.
+    """
+    from opentelemetry import trace
+
+    return trace.get_tracer(INSTRUMENTATION_NAME)
+
+
+def current_span() -> trace.Span | None:
+    """The span current here; None while the API is not loaded (then no span exists)."""
+    api = sys.modules.get(_TRACE_API)
+    return None if api is None else api.get_current_span()
 
 
 def mark_idempotency_outcome(outcome: IdempotencyOutcome, span: trace.Span | None = None) -> None:
     """Set the outcome on ``span`` (default: the current one) when it records; else a no-op."""
-    target = span if span is not None else trace.get_current_span()
-    if target.is_recording():
+    target = span if span is not None else current_span()
+    if target is not None and target.is_recording():
         target.set_attribute(IDEMPOTENCY_OUTCOME_ATTRIBUTE, outcome.value)
 
 
@@ -111,6 +139,8 @@ def mark_error(
     """
     if span is None or not span.is_recording():
         return
+    from opentelemetry.trace import Status, StatusCode  # loaded: a span records
+
     if description is None and isinstance(error, BaseException):
         description = f"{type(error).__name__}: {error}"
     span.set_status(Status(StatusCode.ERROR, description))

@@ -9,6 +9,9 @@ collected (once per export interval), so counting costs nothing per message and 
 the consumer's figures exactly. One set of them serves every consumer of the process: an
 instrument name is registered once per meter, and a second registration's callbacks would be
 dropped by the SDK.
+
+Instruments are made the first time metrics are on (normally at once: telemetry is installed
+before the consumers), so a worker without telemetry never loads the metrics API.
 """
 
 from __future__ import annotations
@@ -19,13 +22,13 @@ import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, NamedTuple, Protocol
 
-from opentelemetry import metrics
-from opentelemetry.metrics import CallbackOptions, Observation
-
-from ._core import ERROR_TYPE_ATTRIBUTE, INSTRUMENTATION_NAME
+from ._core import ERROR_TYPE_ATTRIBUTE, INSTRUMENTATION_NAME, metrics_enabled
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
+
+    from opentelemetry import metrics
+    from opentelemetry.metrics import CallbackOptions, Observation
 
 __all__ = [
     "CONVENTION_BUCKETS_SECONDS",
@@ -132,6 +135,8 @@ class _ObservedConsumers:
                 self._create()
 
     def _create(self) -> None:
+        from opentelemetry import metrics
+
         meter = metrics.get_meter(INSTRUMENTATION_NAME)
         for spec in _OBSERVED:
             create = (
@@ -147,6 +152,8 @@ class _ObservedConsumers:
             )
 
     def _observe(self, field: str, options: CallbackOptions) -> Iterable[Observation]:
+        from opentelemetry.metrics import Observation
+
         with self._lock:
             sources = list(self._sources)
         observations = []
@@ -161,32 +168,26 @@ class _ObservedConsumers:
 _observed = _ObservedConsumers()
 
 
-class ConsumerMetrics:
-    """One consumer's instruments (no-ops while telemetry is off).
+class _ConsumerInstruments:
+    """The synchronous instruments of one consumer, made once metrics are on."""
 
-    Counters read ``counts`` (when given) at collection time; durations are recorded as they
-    happen. Every data point carries ``messaging.system`` and ``messaging.destination.name``.
-    """
+    def __init__(self) -> None:
+        from opentelemetry import metrics
 
-    def __init__(self, *, queue_name: str, counts: CountsSource | None = None) -> None:
-        meter = metrics.get_meter(INSTRUMENTATION_NAME)
-        self._attributes = {**_SYSTEM, "messaging.destination.name": queue_name}
-        self._process = {**self._attributes, "messaging.operation.name": "process"}
-        self._process_failed: dict[str, Mapping[str, str]] = {}
-        self._handler_duration = seconds_histogram(
+        self.handler_duration = seconds_histogram(
             "messaging.process.duration", "handler duration", HANDLER_BUCKETS_SECONDS
         )
-        self._store_duration = seconds_histogram(
+        self.store_duration = seconds_histogram(
             "fargate_runtime.idempotency.store.duration",
             "idempotency store round trip (a batch claim)",
             STORE_BUCKETS_SECONDS,
         )
-        self._drain_duration = seconds_histogram(
+        self.drain_duration = seconds_histogram(
             "fargate_runtime.sqs.drain.duration",
             "from the shutdown request until this consumer's handlers were done",
             SHUTDOWN_BUCKETS_SECONDS,
         )
-        self._backlog = meter.create_gauge(
+        self.backlog = metrics.get_meter(INSTRUMENTATION_NAME).create_gauge(
             "fargate_runtime.sqs.backlog_per_task",
             unit="{message}",
             # One task cannot know how many others run (task metadata has no desired or
@@ -194,8 +195,30 @@ class ConsumerMetrics:
             # running tasks happens where the series meet (see the SQS worker's README).
             description="approximate visible messages in the queue, as this task read them",
         )
-        if counts is not None:
-            _observed.add(counts, self._attributes)
+
+
+class ConsumerMetrics:
+    """One consumer's instruments (nothing while metrics are off).
+
+    Counters read ``counts`` (when given) at collection time; durations are recorded as they
+    happen. Every data point carries ``messaging.system`` and ``messaging.destination.name``.
+    """
+
+    def __init__(self, *, queue_name: str, counts: CountsSource | None = None) -> None:
+        self._attributes = {**_SYSTEM, "messaging.destination.name": queue_name}
+        self._process = {**self._attributes, "messaging.operation.name": "process"}
+        self._process_failed: dict[str, Mapping[str, str]] = {}
+        self._counts = counts
+        self._on: _ConsumerInstruments | None = None
+        self._instruments()
+
+    def _instruments(self) -> _ConsumerInstruments | None:
+        """The instruments, made the first time metrics are on; None while they are off."""
+        if self._on is None and metrics_enabled():
+            self._on = _ConsumerInstruments()
+            if self._counts is not None:
+                _observed.add(self._counts, self._attributes)
+        return self._on
 
     @property
     def attributes(self) -> Mapping[str, str]:
@@ -204,35 +227,47 @@ class ConsumerMetrics:
 
     def record_handler(self, seconds: float, *, error_type: str | None = None) -> None:
         """One handler call's duration; ``error_type`` when it failed (the conventions ask)."""
+        on = self._on or self._instruments()
+        if on is None:
+            return
         if error_type is None:
-            self._handler_duration.record(seconds, self._process)
+            on.handler_duration.record(seconds, self._process)
             return
         attributes = self._process_failed.get(error_type)
         if attributes is None:
             attributes = {**self._process, ERROR_TYPE_ATTRIBUTE: error_type}
             self._process_failed[error_type] = attributes
-        self._handler_duration.record(seconds, attributes)
+        on.handler_duration.record(seconds, attributes)
 
     def record_store(self, seconds: float) -> None:
         """One claim round trip to the idempotency store."""
-        self._store_duration.record(seconds, self._attributes)
+        on = self._on or self._instruments()
+        if on is not None:
+            on.store_duration.record(seconds, self._attributes)
 
     def record_drain(self, seconds: float, *, error_type: str | None = None) -> None:
         """This consumer's drain; ``error_type`` when it was cut (``drain_deadline``)."""
+        on = self._on or self._instruments()
+        if on is None:
+            return
         attributes = self._attributes
         if error_type is not None:
             attributes = {**attributes, ERROR_TYPE_ATTRIBUTE: error_type}
-        self._drain_duration.record(seconds, attributes)
+        on.drain_duration.record(seconds, attributes)
 
     def record_backlog(self, visible: int) -> None:
         """The queue's visible messages, as this task read them."""
-        self._backlog.set(visible, self._attributes)
+        on = self._on or self._instruments()
+        if on is not None:
+            on.backlog.set(visible, self._attributes)
 
 
 def seconds_histogram(
     name: str, description: str, boundaries: Sequence[float]
 ) -> metrics.Histogram:
     """A duration histogram in seconds with explicit bucket ``boundaries``, from our meter."""
+    from opentelemetry import metrics
+
     return metrics.get_meter(INSTRUMENTATION_NAME).create_histogram(
         name, unit="s", description=description, explicit_bucket_boundaries_advisory=boundaries
     )
@@ -249,7 +284,8 @@ def _loop_lag() -> metrics.Histogram:
 
 def record_event_loop_lag(seconds: float) -> None:
     """Record one event-loop lag sample, in seconds (safe from any thread; a no-op when off)."""
-    _loop_lag().record(seconds)
+    if metrics_enabled():
+        _loop_lag().record(seconds)
 
 
 @functools.cache

@@ -12,28 +12,30 @@ producer's trace always ends in what became of its message::
     leaves ─▶ fargate_runtime.sqs.disposition (deleted / backed_off / released), span ends
 
 A batch handler runs in a span of its own that links to each message's span.
+
+This module holds no OpenTelemetry: the spans are made by ``_message_tracer``, imported with the
+API when the first one is (telemetry on).
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 from typing import TYPE_CHECKING, Final
 
-from opentelemetry import trace
-from opentelemetry.context import Context
-from opentelemetry.trace import Link, NonRecordingSpan, SpanKind
-
-from ._core import TRACER, tracing_enabled
-from ._propagation import producer_context
+from ._core import tracing_enabled
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from opentelemetry import trace
+
+    from ._message_tracer import MessageTracer, SpanScope
+
 __all__ = ["DISPOSITION_ATTRIBUTE", "Disposition", "MessageSpans", "end_message_span", "within"]
 
 DISPOSITION_ATTRIBUTE: Final = "fargate_runtime.sqs.disposition"
-_BATCH_COUNT: Final = "messaging.batch.message_count"
 
 
 class Disposition(enum.Enum):
@@ -50,16 +52,14 @@ class MessageSpans:
     """Starts the spans of one queue's messages; nothing (None) while no tracer records."""
 
     def __init__(self, *, queue_name: str) -> None:
-        self._name = f"process {queue_name}"
-        self._attributes = {
-            "messaging.system": "aws_sqs",
-            "messaging.destination.name": queue_name,
-            "messaging.operation.type": "process",
-            "messaging.operation.name": "process",
-        }
-        # An explicit empty context: a message without a producer context starts a new trace,
-        # whatever span the receiving task happens to be in.
-        self._root = Context()
+        self._queue_name = queue_name
+        self._tracer: MessageTracer | None = None
+
+    def _made(self) -> MessageTracer:
+        from ._message_tracer import MessageTracer
+
+        self._tracer = MessageTracer(self._queue_name)
+        return self._tracer
 
     def start(
         self, *, message_id: str, traceparent: str | None, aws_trace_header: str | None
@@ -67,35 +67,13 @@ class MessageSpans:
         """The span of a message just received, child of and linked to its producer's span."""
         if not tracing_enabled():
             return None
-        attributes = dict(self._attributes)
-        attributes["messaging.message.id"] = message_id
-        producer = producer_context(traceparent, aws_trace_header)
-        if producer is None:
-            return TRACER.start_span(
-                self._name, context=self._root, kind=SpanKind.CONSUMER, attributes=attributes
-            )
-        return TRACER.start_span(
-            self._name,
-            context=trace.set_span_in_context(NonRecordingSpan(producer)),
-            kind=SpanKind.CONSUMER,
-            attributes=attributes,
-            links=[Link(producer)],
-        )
+        return (self._tracer or self._made()).start(message_id, traceparent, aws_trace_header)
 
     def start_batch(self, spans: Sequence[trace.Span | None]) -> trace.Span | None:
         """The span a batch handler runs in: a new trace linking to each message's span."""
         if not tracing_enabled():
             return None
-        attributes: dict[str, str | int] = dict(self._attributes)
-        attributes[_BATCH_COUNT] = len(spans)
-        links = [Link(span.get_span_context()) for span in spans if span is not None]
-        return TRACER.start_span(
-            self._name,
-            context=self._root,
-            kind=SpanKind.CONSUMER,
-            attributes=attributes,
-            links=links,
-        )
+        return (self._tracer or self._made()).start_batch(spans)
 
 
 def within(span: trace.Span | None) -> contextlib.AbstractContextManager[object]:
@@ -105,7 +83,14 @@ def within(span: trace.Span | None) -> contextlib.AbstractContextManager[object]
     """
     if span is None:
         return contextlib.nullcontext()
-    return trace.use_span(span, record_exception=False, set_status_on_exception=False)
+    return _span_scope()(span)
+
+
+@functools.cache
+def _span_scope() -> type[SpanScope]:
+    from ._message_tracer import SpanScope
+
+    return SpanScope
 
 
 def end_message_span(span: trace.Span | None, disposition: Disposition) -> None:

@@ -1,6 +1,6 @@
 """``Telemetry``: the SDK's tracer and meter providers as a supervisor resource.
 
-Off by default, and then free: nothing from the SDK or the exporters is imported. On, the
+Off by default, and then free: nothing from OpenTelemetry is imported, not even its API. On, the
 providers are installed on enter and shut down on exit within what is left of the close share
 (``_flush.py``). A process that already has providers (``opentelemetry-instrument``, an
 embedding application) keeps them: the runtime's spans and metrics go there, with one line
@@ -12,8 +12,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
-
-from opentelemetry import metrics, trace
 
 from ..settings import ENV_PREFIX
 from ._core import metrics_enabled, tracing_enabled
@@ -223,6 +221,8 @@ class Telemetry:
 
 def _set_tracer_provider(provider: TracerProvider) -> TracerProvider | None:
     """Install ``provider`` unless the process has one already (then None: theirs is used)."""
+    from opentelemetry import trace
+
     if tracing_enabled():
         logger.warning(
             "a tracer provider is installed already (opentelemetry-instrument, or the "
@@ -236,6 +236,8 @@ def _set_tracer_provider(provider: TracerProvider) -> TracerProvider | None:
 
 def _set_meter_provider(provider: MeterProvider) -> MeterProvider | None:
     """Install ``provider`` unless the process has one already (then None: theirs is used)."""
+    from opentelemetry import metrics
+
     if metrics_enabled():
         logger.warning(
             "a meter provider is installed already (opentelemetry-instrument, or the "

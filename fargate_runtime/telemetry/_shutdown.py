@@ -2,7 +2,8 @@
 
 The span is exported whatever the head sampler decides (the runtime's sampler samples every span
 that carries a shutdown reason): a sample ratio of 0.01 must not hide the one trace that says why
-a task stopped and how long its drain took.
+a task stopped and how long its drain took. With telemetry off neither is made, and the API is
+not loaded for them.
 """
 
 from __future__ import annotations
@@ -11,13 +12,11 @@ import functools
 import time
 from typing import TYPE_CHECKING, Final
 
-from opentelemetry.context import Context
-
-from ._core import ERROR_TYPE_ATTRIBUTE, TRACER, ErrorType
+from ._core import ERROR_TYPE_ATTRIBUTE, ErrorType, metrics_enabled, tracer, tracing_enabled
 from ._instruments import SHUTDOWN_BUCKETS_SECONDS, seconds_histogram
 
 if TYPE_CHECKING:
-    from opentelemetry import metrics
+    from opentelemetry import metrics, trace
 
 __all__ = ["SHUTDOWN_REASON_ATTRIBUTE", "ShutdownTrace"]
 
@@ -42,21 +41,28 @@ class ShutdownTrace:
     """
 
     def __init__(self, reason: str) -> None:
-        self._span = TRACER.start_span(
-            "shutdown", context=Context(), attributes={SHUTDOWN_REASON_ATTRIBUTE: reason}
-        )
+        self._span: trace.Span | None = None
+        if tracing_enabled():
+            from opentelemetry.context import Context
+
+            self._span = tracer().start_span(
+                "shutdown", context=Context(), attributes={SHUTDOWN_REASON_ATTRIBUTE: reason}
+            )
         self._started = time.monotonic()
         self._cut = False
 
     def deadline_hit(self, *, services: int) -> None:
         """The drain deadline passed with ``services`` still running: they are cancelled."""
         self._cut = True
-        self._span.add_event("drain deadline hit", {"services": services})
+        if self._span is not None:
+            self._span.add_event("drain deadline hit", {"services": services})
 
     def end(self, *, next_phase: str, drain_seconds: float | None = None) -> None:
         """The drain is over; ``next_phase`` is the phase entered now (``closing``)."""
         seconds = time.monotonic() - self._started if drain_seconds is None else drain_seconds
         attributes = {ERROR_TYPE_ATTRIBUTE: ErrorType.DRAIN_DEADLINE.value} if self._cut else None
-        _drain_duration().record(seconds, attributes)
-        self._span.add_event(f"phase {next_phase}", {"drain_seconds": seconds})
-        self._span.end()
+        if metrics_enabled():
+            _drain_duration().record(seconds, attributes)
+        if self._span is not None:
+            self._span.add_event(f"phase {next_phase}", {"drain_seconds": seconds})
+            self._span.end()

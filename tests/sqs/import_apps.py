@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 WATCHED = (
     "uvicorn",
     "starlette",
+    "opentelemetry",
     "opentelemetry.sdk",
     "redis",
     "asyncpg",

@@ -1,4 +1,4 @@
-"""What a running worker has imported: no HTTP server, no telemetry SDK unless it is used.
+"""What a running worker has imported: no HTTP server, no OpenTelemetry unless it is used.
 
 Each worker runs as a real process (real SQS over HTTP, the real Redis or PostgreSQL for the
 keyed ones) and its handler reports the watched packages it finds in ``sys.modules`` and which
@@ -44,7 +44,7 @@ def _env(worker_env: dict[str, str], queue: str, **extra: str) -> dict[str, str]
 def test_plain_worker_loads_no_http_server_no_sdk_and_no_redis(
     sync_sqs: Any, queue_factory: Any, worker_env: dict[str, str]
 ) -> None:
-    """A worker without keys or telemetry never imports uvicorn, starlette, the SDK or redis-py."""
+    """A worker without keys or telemetry loads no uvicorn, starlette, redis-py or OpenTelemetry."""
     queue = queue_factory()
     send(sync_sqs, queue, [json.dumps({"event_id": "e1"})])
     report = _imports(_env(worker_env, queue), "plain")
@@ -66,6 +66,7 @@ def test_keyed_worker_loads_the_sdk_only_through_redis_py(
     if importlib.util.find_spec("opentelemetry.sdk") is not None:
         # redis-py 7+ imports the SDK's metrics module whenever it is installed: not ours.
         assert importers.get("opentelemetry.sdk", "redis").startswith("redis."), report
+        assert importers.get("opentelemetry", "redis").startswith("redis."), report
 
 
 def test_telemetry_on_loads_the_sdk_through_the_runtime(
@@ -76,8 +77,9 @@ def test_telemetry_on_loads_the_sdk_through_the_runtime(
     send(sync_sqs, queue, [json.dumps({"event_id": "e1"})])
     env = _env(worker_env, queue, FARGATE_RUNTIME_TELEMETRY_ENABLED="true")
     report = _imports(env, "plain")
-    assert report["loaded"] == ["opentelemetry.sdk"], report
-    assert report["importers"]["opentelemetry.sdk"].startswith("fargate_runtime.telemetry"), report
+    assert report["loaded"] == ["opentelemetry", "opentelemetry.sdk"], report
+    for package in ("opentelemetry", "opentelemetry.sdk"):
+        assert report["importers"][package].startswith("fargate_runtime.telemetry"), report
 
 
 def test_keyed_worker_on_postgres_loads_asyncpg_and_never_redis_py(

@@ -136,6 +136,13 @@ def test_log_lines_inside_a_span_carry_its_ids(recorded: Recorded) -> None:
     assert "trace_id" not in outside
 
 
+def _printed_by(script: str) -> list[str]:
+    """The words ``script`` prints, run in a fresh interpreter (providers are set once each)."""
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout.split()
+
+
 def test_telemetry_off_installs_nothing_and_imports_no_exporter() -> None:
     """With telemetry off, no provider is installed and neither the SDK nor OTLP is imported."""
     script = (
@@ -150,10 +157,69 @@ def test_telemetry_off_installs_nothing_and_imports_no_exporter() -> None:
         "print(any(m.startswith('opentelemetry.exporter') for m in sys.modules))\n"
         "print('opentelemetry.sdk.trace' in sys.modules)\n"
     )
-    output = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True
-    ).stdout.split()
+    output = _printed_by(script)
     assert output == ["False", "ProxyTracerProvider", "False", "False"]
+
+
+def test_telemetry_off_loads_no_opentelemetry_at_all() -> None:
+    """Log lines, a consumer's metrics and spans, the shutdown trace: none load the API."""
+    script = (
+        "import io, logging, sys\n"
+        "from fargate_runtime.logging import configure_logging\n"
+        "from fargate_runtime.telemetry import IdempotencyOutcome, mark_idempotency_outcome\n"
+        "from fargate_runtime.telemetry import metrics_enabled, record_event_loop_lag\n"
+        "from fargate_runtime.telemetry import tracing_enabled\n"
+        "from fargate_runtime.telemetry._instruments import ConsumerMetrics\n"
+        "from fargate_runtime.telemetry._messages import MessageSpans, within\n"
+        "from fargate_runtime.telemetry._shutdown import ShutdownTrace\n"
+        "configure_logging(stream=io.StringIO())\n"
+        "logging.getLogger('w').info('a line')\n"
+        "m = ConsumerMetrics(queue_name='q')\n"
+        "m.record_handler(0.1); m.record_store(0.01); m.record_drain(1.0); m.record_backlog(3)\n"
+        f"tp = '00-{'a' * 32}-{'b' * 16}-01'\n"
+        "span = MessageSpans(queue_name='q').start(\n"
+        "    message_id='m', traceparent=tp, aws_trace_header=None)\n"
+        "with within(span):\n"
+        "    mark_idempotency_outcome(IdempotencyOutcome.CLAIMED)\n"
+        "record_event_loop_lag(0.1)\n"
+        "shutdown = ShutdownTrace('SIGTERM')\n"
+        "shutdown.deadline_hit(services=1)\n"
+        "shutdown.end(next_phase='closing')\n"
+        "loaded = [name for name in sys.modules if name.startswith('opentelemetry')]\n"
+        "print(span, tracing_enabled(), metrics_enabled(), loaded)\n"
+    )
+    output = _printed_by(script)
+    assert output == ["None", "False", "False", "[]"]
+
+
+def test_metrics_installed_after_a_consumer_was_made_still_get_its_figures() -> None:
+    """Instruments are made when metrics turn on: durations and counts recorded after appear."""
+    script = (
+        "import asyncio\n"
+        "from opentelemetry.sdk.metrics.export import InMemoryMetricReader\n"
+        "from fargate_runtime.telemetry import Telemetry, TelemetrySettings\n"
+        "from fargate_runtime.telemetry._instruments import ConsumerCounts, ConsumerMetrics\n"
+        "class Counts:\n"
+        "    def counts(self):\n"
+        "        return ConsumerCounts(7, 6, 1, 0, 0, 0)\n"
+        "source = Counts()\n"
+        "made = ConsumerMetrics(queue_name='q', counts=source)\n"
+        "made.record_handler(0.5)  # telemetry off: nowhere to go\n"
+        "reader = InMemoryMetricReader()\n"
+        "telemetry = Telemetry(TelemetrySettings(enabled=True), service_name='x',\n"
+        "                      metric_reader=reader)\n"
+        "asyncio.run(telemetry.__aenter__())\n"
+        "made.record_handler(0.25)\n"
+        "found = {}\n"
+        "for rm in reader.get_metrics_data().resource_metrics:\n"
+        "    for scope in rm.scope_metrics:\n"
+        "        for metric in scope.metrics:\n"
+        "            found[metric.name] = metric.data.data_points[0]\n"
+        "duration = found['messaging.process.duration']\n"
+        "print(duration.count, duration.sum, found['messaging.client.consumed.messages'].value)\n"
+    )
+    output = _printed_by(script)
+    assert output == ["1", "0.25", "7"]
 
 
 async def test_shutdown_is_traced_and_drain_duration_recorded(recorded: Recorded) -> None:
