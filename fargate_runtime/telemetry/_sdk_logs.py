@@ -93,10 +93,12 @@ class HeldLines(logging.Handler):
 
 @contextlib.contextmanager
 def holding_sdk_lines() -> Iterator[HeldLines]:
-    """Hold every SDK line back for the block; keep holding them if work was abandoned.
+    """Hold every SDK line back for the block; keep holding them if the flush had trouble.
 
-    A thread abandoned at the flush's bound goes on retrying and logging until the process ends;
-    those late lines are about an export already given up and reported, so they stay held.
+    A thread abandoned at the flush's bound goes on retrying and logging until the process ends,
+    and an exporter that failed finishes its retries after the flush returned ("Shutdown in
+    progress, aborting retry"): those late lines are about an export already given up and
+    reported, so they stay held.
     """
     sdk = logging.getLogger(SDK_LOGGER)
     held = HeldLines()
@@ -106,6 +108,6 @@ def holding_sdk_lines() -> Iterator[HeldLines]:
     try:
         yield held
     finally:
-        if not held.abandoned:
+        if not held.abandoned and not held.count:
             sdk.handlers[:] = saved[0]
             sdk.propagate = saved[1]

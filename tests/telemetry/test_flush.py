@@ -113,19 +113,18 @@ async def test_a_refusing_collector_costs_the_bound_at_most(sdk_logger: logging.
 async def test_failed_exports_inside_the_bound_are_reported_not_printed(
     sdk_logger: logging.Logger, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Exports that fail fast end the flush early; the SDK's lines become one report."""
-    before = (list(sdk_logger.handlers), sdk_logger.propagate)
+    """Exports that fail fast end the flush early; the SDK's lines become one report, and its
+    late lines (an exporter finishing its retries after the flush) stay held."""
     with RefusingCollector() as collector, caplog.at_level(logging.WARNING):
         steps = exporting_to(collector.endpoint, timeout_seconds=0.2)
         report = await shut_down(steps, seconds=5.0)
+        logging.getLogger("opentelemetry.exporter.otlp").warning("aborting retry")
     assert report.abandoned == []
     assert report.sdk_lines >= 1
     assert report.last_sdk_line is not None
     assert "export" in report.last_sdk_line.lower()
     assert not report.clean
     assert [r for r in caplog.records if r.name.startswith("opentelemetry")] == []
-    # Nothing abandoned: the SDK's lines go where they went before.
-    assert (sdk_logger.handlers, sdk_logger.propagate) == before
 
 
 async def test_a_working_collector_gets_everything(sdk_logger: logging.Logger) -> None:
