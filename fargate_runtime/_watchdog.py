@@ -170,8 +170,8 @@ class Watchdog:
         while not self._stopping.is_set():
             wait = PULSE_SECONDS
             deadlines = self._lifecycle.deadlines
-            if deadlines is not None:
-                wait = max(0.0, min(wait, deadlines.hard - time.monotonic()))
+            if deadlines is not None and (left := deadlines.hard - time.monotonic()) > 0:
+                wait = min(wait, left)  # wake at the hard deadline itself, not a pulse later
             if self._handle_signals:
                 info = signal.sigtimedwait(SIGNALS, wait)
                 if info is not None:

@@ -363,19 +363,26 @@ async def test_a_frozen_database_backend_fails_closed_within_the_call_timeout(
 ) -> None:
     """SIGSTOP of the store's server process: the call fails closed (StoreUnavailableError)
     after the call timeout; after SIGCONT the store works again."""
+    # A name of this store's own: other tests' stores (parallel workers) share the database,
+    # and stopping one of their backends would freeze the wrong store.
+    application = f"frt-frozen-{postgres_schema.name}"
     store = PostgresStore(
         postgres_schema.url, schema=postgres_schema.name, pool_size=1,
         call_timeout_seconds=1.0, cleanup=False,
+        pool_options={"server_settings": {"application_name": application}},
     )  # fmt: skip
     async with store:
         pool = await store.transaction_pool()
         await store.claim(key("before"), "fp", owner="o", lease_seconds=LEASE)
-        # The one connection of the store's pool, as PostgreSQL knows it.
-        backend = await pool.fetchval(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = 'fargate-runtime'"
-            " AND pid <> pg_backend_pid() AND datname = current_database()"
-            " ORDER BY backend_start LIMIT 1"
+        # The one connection of the store's pool, as PostgreSQL knows it: the only other
+        # backend with this name is the transaction pool's, the one asking.
+        backends = await pool.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1"
+            " AND pid <> pg_backend_pid()",
+            application,
         )
+        assert len(backends) == 1, backends
+        backend = backends[0]["pid"]
         os.kill(backend, signal.SIGSTOP)
         try:
             with pytest.raises(StoreUnavailableError, match="failed the idempotency claim"):
