@@ -44,8 +44,9 @@ from fargate_runtime.local import answering_postgres
 __all__ = ["TARGET_EXTRA_ROUND_TRIPS", "measure_postgres"]
 
 BATCH = 10
-# The transactional form may add at most this many round trips per message to a handler that
-# already commits a transaction (the fenced completion), plus its share of the batched claim.
+# Issue 18's target: the transactional form adds at most this many round trips per message to
+# a handler that already commits a transaction. Judged as written, on the whole extra (the
+# batched claim's 0.1 included): the fenced completion alone is 1, so it ends at 1.1.
 TARGET_EXTRA_ROUND_TRIPS = 1.0
 
 
@@ -164,10 +165,14 @@ async def _measure(
         "server_version": version,
         "variants": figures,
         "transactional_extra_round_trips_per_message": extra,
+        # The same extra without the batched claim's share (what the completion itself costs).
+        "transactional_extra_round_trips_per_message_completion": round(extra - 1 / BATCH, 3),
         "targets": {
             "batch_round_trips_per_message_max": 0.25,
-            "transactional_extra_round_trips_max": TARGET_EXTRA_ROUND_TRIPS + 1 / BATCH,
-            "met": batch <= 0.25 and extra <= TARGET_EXTRA_ROUND_TRIPS + 1 / BATCH,
+            "transactional_extra_round_trips_max": TARGET_EXTRA_ROUND_TRIPS,
+            "batch_met": batch <= 0.25,
+            "transactional_met": extra <= TARGET_EXTRA_ROUND_TRIPS,
+            "met": batch <= 0.25 and extra <= TARGET_EXTRA_ROUND_TRIPS,
         },
     }
 
