@@ -23,7 +23,9 @@ How each figure is counted (also in ``--help`` and the README)::
     drain_budget_seconds        stop timeout minus the runtime's margin: all a drain may use
     released_on_shutdown        messages released at shutdown, summed over the consumers'
                                 final counters (a SIGKILLed worker reports none)
-    hidden_by_abandoned_receive the same, for receives abandoned at shutdown
+    hidden_by_abandoned_receive an upper bound: the messages the receives abandoned at shutdown
+                                asked for (SQS may hand them some; each is visible again
+                                after the receive visibility, 10 s by default)
     events_per_second           charged / (last charge - first send)
     duration_seconds            the whole drill, components started to last worker gone
 

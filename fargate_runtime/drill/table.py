@@ -78,7 +78,11 @@ def render_table(report: DrillReport, *, title: str = "") -> str:
             f"{r.stop_timeout_seconds:g} s minus margin)",
         ),
         ("released on shutdown", str(r.released_on_shutdown), ""),
-        ("hidden by abandoned receive", str(r.hidden_by_abandoned_receive), ""),
+        (
+            "hidden by abandoned receive",
+            str(r.hidden_by_abandoned_receive),
+            "(at most: what the polls cut at SIGTERM asked for; each back within the visibility)",
+        ),
         (
             "throughput",
             f"{r.events_per_second:.1f} events/s",
