@@ -168,10 +168,7 @@ class Watchdog:
 
     def _watch(self) -> None:
         while not self._stopping.is_set():
-            wait = PULSE_SECONDS
-            deadlines = self._lifecycle.deadlines
-            if deadlines is not None and (left := deadlines.hard - time.monotonic()) > 0:
-                wait = min(wait, left)  # wake at the hard deadline itself, not a pulse later
+            wait = self.seconds_to_next_check(time.monotonic())
             if self._handle_signals:
                 info = signal.sigtimedwait(SIGNALS, wait)
                 if info is not None:
@@ -181,9 +178,21 @@ class Watchdog:
             if self._stopping.is_set():
                 return
             try:
-                self._check()
+                self.check()
             except Exception:  # the watchdog must outlive any bug in a check
                 logger.exception("watchdog check failed")
+
+    def seconds_to_next_check(self, now: float) -> float:
+        """How long the thread waits (for a signal) before its next check: a pulse, cut to wake
+        at the hard deadline itself; none once it passed unhandled, a pulse again after that
+        (an embedded supervisor stays past it: the thread must not spin)."""
+        deadlines = self._lifecycle.deadlines
+        if deadlines is None:
+            return PULSE_SECONDS
+        left = deadlines.hard - now
+        if left > 0:
+            return min(PULSE_SECONDS, left)
+        return PULSE_SECONDS if self._deadline_reported else 0.0
 
     def _python_handler(self, signum: int, frame: FrameType | None) -> None:
         self.signal_received(signum)
@@ -192,7 +201,9 @@ class Watchdog:
         """Any thread: pass the signal on, stamped with when it arrived."""
         self._on_signal(signum, time.monotonic())
 
-    def _check(self) -> None:
+    def check(self) -> None:
+        """One look, what the thread runs after each wait: arm at the first shutdown, act at the
+        hard deadline, else see whether the loop still turns."""
         now = time.monotonic()
         deadlines = self._lifecycle.deadlines
         if deadlines is not None and not self._armed:
