@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from .serialization import Serializer
     from .service import Idempotency
 
-__all__ = ["Guard"]
+__all__ = ["Guard", "claim_attempt", "release_after"]
 
 logger = logging.getLogger("fargate_runtime.idempotency")
 
@@ -75,20 +75,9 @@ class Guard:
 
     async def __aenter__(self) -> Claim:
         idem = self._idem
-        store = idem.store
-        owner = attempt_owner(idem.owner)  # this attempt's own: a retry of it recognises it
-        requests = [ClaimRequest(self._key, self._fingerprint)]
-        task = spawn(store.claim_many(requests, owner=owner, lease_seconds=idem.lease_seconds))
         try:
-            (result,) = await asyncio.shield(task)
-        except asyncio.CancelledError:
-            # The claim may still succeed on the server: give it back when it does.
-            task.add_done_callback(self._release_if_acquired)
-            raise
+            result = await claim_attempt(idem, ClaimRequest(self._key, self._fingerprint))
         except StoreUnavailableError:
-            # A reply lost for good (past redis-py's retries, which recognise their own claim)
-            # may leave this attempt's claim behind: it ends with its lease.
-            idem.stats.store_errors += 1
             if idem.failure_policy is FailurePolicy.CLOSED:
                 raise
             idem.stats.unprotected += 1
@@ -213,46 +202,7 @@ class Guard:
         return bool(done)
 
     async def _release(self, claim: Claim, error: BaseException) -> None:
-        """Release after ``error``; a failure here is logged and noted, never raised over it."""
-        idem = self._idem
-        task = spawn(idem.store.release_many([Held(claim.key, claim.token)]))
-        problem: BaseException | None = None
-        try:
-            (released,) = await asyncio.wait_for(asyncio.shield(task), idem.release_timeout_seconds)
-        except (StoreUnavailableError, TimeoutError) as exc:
-            problem = exc
-        else:
-            if released:
-                idem.stats.released += 1
-            return
-        idem.stats.store_errors += 1
-        note = (
-            f"idempotency claim {claim.key!r} (token {claim.token}) could not be released "
-            f"({problem!r}); it becomes free when its lease ends"
-        )
-        error.add_note(note)
-        logger.warning(note, extra={"idempotency_key": claim.key})
-
-    def _release_if_acquired(self, task: asyncio.Future[list[ClaimResult]]) -> None:
-        """Done-callback for a claim whose caller was cancelled: release what it acquired."""
-        if task.cancelled() or task.exception() is not None:
-            return
-        held = [
-            Held(result.key, result.token)
-            for result in task.result()
-            if result.status is ClaimStatus.ACQUIRED and result.token is not None
-        ]
-        if held:
-            spawn(self._release_quietly(held))
-
-    async def _release_quietly(self, held: list[Held]) -> None:
-        try:
-            await self._idem.store.release_many(held)
-        except StoreUnavailableError as exc:
-            logger.warning(
-                "could not release claims of a cancelled caller; they end with their lease",
-                extra={"idempotency_keys": [item.key for item in held], "error": repr(exc)},
-            )
+        await release_after(self._idem, Held(claim.key, claim.token), error)
 
     def _start_heartbeat(self) -> None:
         if self._idem.heartbeat:
@@ -288,3 +238,72 @@ class Guard:
             )
             return
         self._start_heartbeat()
+
+
+# -- what a guarded block and a guarded transaction (postgres_guard) both do -----------------
+
+
+async def claim_attempt(idem: Idempotency, request: ClaimRequest) -> ClaimResult:
+    """Claim ``request`` as one attempt (its own owner id: a retry of it recognises it).
+
+    Shielded: a caller cancelled meanwhile leaves the claim to finish on the server and gives it
+    back when it does. A StoreUnavailableError is counted and raised: a reply lost for good (past
+    the client's retries, which recognise their own claim) may leave the claim behind until its
+    lease ends.
+    """
+    owner = attempt_owner(idem.owner)
+    task = spawn(idem.store.claim_many([request], owner=owner, lease_seconds=idem.lease_seconds))
+    try:
+        (result,) = await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(lambda done: _release_if_acquired(idem, done))
+        raise
+    except StoreUnavailableError:
+        idem.stats.store_errors += 1
+        raise
+    return result
+
+
+async def release_after(idem: Idempotency, held: Held, error: BaseException) -> None:
+    """Release ``held`` after ``error`` (bounded, shielded); a failure here is logged and noted
+    on ``error``, never raised over it."""
+    task = spawn(idem.store.release_many([held]))
+    problem: BaseException | None = None
+    try:
+        (released,) = await asyncio.wait_for(asyncio.shield(task), idem.release_timeout_seconds)
+    except (StoreUnavailableError, TimeoutError) as exc:
+        problem = exc
+    else:
+        if released:
+            idem.stats.released += 1
+        return
+    idem.stats.store_errors += 1
+    note = (
+        f"idempotency claim {held.key!r} (token {held.token}) could not be released "
+        f"({problem!r}); it becomes free when its lease ends"
+    )
+    error.add_note(note)
+    logger.warning(note, extra={"idempotency_key": held.key})
+
+
+def _release_if_acquired(idem: Idempotency, task: asyncio.Future[list[ClaimResult]]) -> None:
+    """Done-callback for a claim whose caller was cancelled: release what it acquired."""
+    if task.cancelled() or task.exception() is not None:
+        return
+    held = [
+        Held(result.key, result.token)
+        for result in task.result()
+        if result.status is ClaimStatus.ACQUIRED and result.token is not None
+    ]
+    if held:
+        spawn(_release_quietly(idem, held))
+
+
+async def _release_quietly(idem: Idempotency, held: list[Held]) -> None:
+    try:
+        await idem.store.release_many(held)
+    except StoreUnavailableError as exc:
+        logger.warning(
+            "could not release claims of a cancelled caller; they end with their lease",
+            extra={"idempotency_keys": [item.key for item in held], "error": repr(exc)},
+        )

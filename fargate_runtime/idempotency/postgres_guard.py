@@ -34,10 +34,9 @@ from ..errors import (
     ResultUnavailableError,
     StoreUnavailableError,
 )
-from ._background import spawn
 from ._store import ClaimRequest, ClaimStatus, Completion, Held
+from .guard import claim_attempt, release_after
 from .keys import fingerprint as fingerprint_of
-from .owners import attempt_owner
 from .postgres_store import PostgresStore
 from .postgres_transaction import Transaction, TransactionalClaim
 from .serialization import decode_result, encode_result, unstored_marker
@@ -74,10 +73,7 @@ async def guarded_transaction(
     serializer = serializer or idem.serializer
     stored = idem.key(scope, key)
     request = ClaimRequest(stored, fingerprint or fingerprint_of(payload))
-    # This attempt's own owner id: a retried claim recognises it, a second attempt does not.
-    (result,) = await store.claim_many(
-        [request], owner=attempt_owner(idem.owner), lease_seconds=idem.lease_seconds
-    )
+    result = await claim_attempt(idem, request)
     if result.status is ClaimStatus.MISMATCH:
         idem.stats.mismatched += 1
         raise PayloadMismatchError(stored)
@@ -127,7 +123,7 @@ async def guarded_transaction(
         idem.stats.lease_lost += 1
         raise  # not ours any more: nothing to release
     except BaseException as exc:
-        await _release(idem, store, held, exc)
+        await release_after(idem, held, exc)
         raise
     finally:
         renewing.cancel()
@@ -163,23 +159,3 @@ async def _renew(idem: Idempotency, store: PostgresStore, held: Held) -> None:
                 extra={"idempotency_key": held.key, "fencing_token": held.token},
             )
             return
-
-
-async def _release(
-    idem: Idempotency, store: PostgresStore, held: Held, error: BaseException
-) -> None:
-    """Give the claim back after ``error`` (bounded, shielded); never raised over ``error``."""
-    task = spawn(store.release_many([held]))
-    try:
-        (released,) = await asyncio.wait_for(asyncio.shield(task), idem.release_timeout_seconds)
-    except (StoreUnavailableError, TimeoutError) as exc:
-        idem.stats.store_errors += 1
-        note = (
-            f"idempotency claim {held.key!r} (token {held.token}) could not be released "
-            f"({exc!r}); it becomes free when its lease ends"
-        )
-        error.add_note(note)
-        logger.warning(note, extra={"idempotency_key": held.key})
-        return
-    if released:
-        idem.stats.released += 1

@@ -6,13 +6,14 @@ import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import pytest
 
 from fargate_runtime.idempotency import (
     AlreadyInProgressError,
+    ClaimResult,
     ClaimStatus,
     Held,
     Idempotency,
@@ -302,6 +303,57 @@ async def test_the_guard_form_renews_the_lease_of_a_long_transaction(
         # Three lease lengths on the database's clock; renewals run meanwhile.
         await tx.execute(f"SELECT pg_sleep({SHORT_LEASE_SECONDS * 3})")
     assert await charged(postgres_store, charges) == ["slow"]
+
+
+class LateReplyStore(PostgresStore):
+    """The claim commits on the server; its reply reaches the caller only when ``reply`` is set."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.committed = asyncio.Event()
+        self.reply = asyncio.Event()
+        self.released = asyncio.Event()
+
+    async def claim_many(self, *args: Any, **kwargs: Any) -> list[ClaimResult]:
+        results = await super().claim_many(*args, **kwargs)
+        self.committed.set()
+        await self.reply.wait()
+        return results
+
+    async def release_many(self, *args: Any, **kwargs: Any) -> list[bool]:
+        try:
+            return await super().release_many(*args, **kwargs)
+        finally:
+            self.released.set()
+
+
+async def test_the_guard_form_cancelled_while_claiming_gives_the_claim_back(
+    postgres_schema: PostgresSchema,
+) -> None:
+    """A caller cancelled after its claim committed but before the reply came does not strand
+    the key for the lease: the claim finishes and is given back (as the plain guard does)."""
+    store = LateReplyStore(postgres_schema.url, schema=postgres_schema.name, cleanup=False)
+    async with store:
+        idem = Idempotency(store, prefix="t", owner="worker-1")
+        ran = False
+
+        async def handler() -> None:
+            nonlocal ran
+            async with idem.transaction("charges", "evt-12", fingerprint="fp"):
+                ran = True
+
+        task = asyncio.create_task(handler())
+        await store.committed.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        store.reply.set()  # the late reply: what the claim acquired is released
+        async with asyncio.timeout(10):
+            await store.released.wait()
+        key = scoped_key("t", "charges", "evt-12")
+        after = await store.claim(key, "fp", owner="other", lease_seconds=LEASE)
+        assert after.status is ClaimStatus.ACQUIRED
+        assert not ran
 
 
 async def test_two_attempts_of_one_process_exclude_each_other(
