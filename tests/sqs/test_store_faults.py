@@ -18,6 +18,7 @@ from pydantic import SecretStr
 from fargate_runtime.idempotency import (
     ClaimRequest,
     ClaimResult,
+    Completion,
     Idempotency,
     IdempotencySettings,
     IdempotencyStore,
@@ -217,3 +218,39 @@ async def test_a_store_bug_hands_the_batch_back_instead_of_stranding_it(
         await eventually(lambda: consumer.stats.deleted == 2, what="both run")
     assert sorted(handled) == ["b1", "b2"]
     assert consumer.store_available
+
+
+class CompletionBug(MemoryStore):
+    """The in-memory store, except that every completion raises what no store should."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.completions = 0
+
+    async def complete_many(
+        self, completions: Sequence[Completion], *, retention_seconds: float
+    ) -> list[bool]:
+        """Raise a plain bug."""
+        self.completions += 1
+        raise RuntimeError("a bug in a store")
+
+
+async def test_a_completion_bug_is_no_refusal_the_finished_work_is_deleted_not_rerun(
+    sqs: SQSClient, make_queue: Callable[..., Awaitable[str]], redis_prefix: str
+) -> None:
+    """A completion that fails with an unexpected exception is logged and the message deleted:
+    the work ran. (Taken as a refusal, the key was taken again, then the message handed back
+    and run a second time.)"""
+    queue = await make_queue()
+    handled: list[str] = []
+
+    async def handle(message: Message, context: MessageContext) -> None:
+        handled.append(message.json()["event_id"])
+
+    await send(sqs, queue, [event("c1")])
+    store = CompletionBug()
+    consumer = consumer_on(store, redis_prefix, sqs, queue, handle)
+    async with running(consumer):
+        await eventually(lambda: consumer.stats.deleted == 1, what="ran and deleted")
+    assert handled == ["c1"]
+    assert store.completions == 1
