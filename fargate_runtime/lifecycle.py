@@ -116,7 +116,7 @@ class Lifecycle:
     def ready(self) -> bool:
         """True while new work should be routed here: running, no shutdown requested, and no
         service holding readiness back (``set_unready``)."""
-        return self._phase is Phase.RUNNING and not self.shutdown_requested and not self._unready
+        return self.not_ready_reason is None
 
     @property
     def not_ready_reason(self) -> str | None:

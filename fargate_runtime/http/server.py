@@ -267,15 +267,18 @@ class _Front:
         if scope["type"] == "http":
             path = scope["path"]
             if path == self._readiness:
-                await self._probe(send, ok=self._lifecycle.ready)
+                await self._probe(send, failure=self._lifecycle.not_ready_reason)
                 return
             if path == self._liveness:
-                await self._probe(send, ok=self._lifecycle.alive)
+                alive = self._lifecycle.alive
+                await self._probe(send, failure=None if alive else self._lifecycle.phase.value)
                 return
         await self._serve(scope, receive, send)
 
-    async def _probe(self, send: Send, *, ok: bool) -> None:
-        body = b"ok" if ok else self._lifecycle.phase.value.encode()
+    async def _probe(self, send: Send, *, failure: str | None) -> None:
+        """200 ``ok``, or 503 with why not (as the health server answers)."""
+        ok = failure is None
+        body = b"ok" if failure is None else failure.encode()
         headers = [
             _PLAIN,
             (b"content-length", str(len(body)).encode()),

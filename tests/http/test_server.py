@@ -103,6 +103,24 @@ async def test_readiness_turns_503_at_once_while_the_lame_duck_still_serves() ->
         assert await app.exit_code() == ExitCode.OK
 
 
+async def test_readiness_held_back_by_a_service_answers_503_with_its_reason() -> None:
+    """A service's readiness hold (a consumer whose store is down, beside the API) makes the
+    app's own /readyz 503 with the reason the health server gives; lifted, 200 again."""
+    async with served(gated_app(Gate())) as app:
+        async with httpx.AsyncClient(base_url=app.url) as client:
+            app.lifecycle.set_unready("sqs-consumer", "idempotency store unavailable")
+            held = await client.get("/readyz")
+            live = await client.get("/healthz")
+            app.lifecycle.set_unready("sqs-consumer", None)
+            lifted = await client.get("/readyz")
+        assert (held.status_code, held.text) == (
+            503,
+            "sqs-consumer: idempotency store unavailable",
+        )
+        assert live.status_code == 200
+        assert (lifted.status_code, lifted.text) == (200, "ok")
+
+
 async def test_lame_duck_ends_with_the_listener_closed() -> None:
     """After the lame duck, new connections are refused while the process is still draining."""
     gate = Gate()
