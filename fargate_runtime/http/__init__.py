@@ -20,9 +20,9 @@ drains in-flight requests within the drain deadline and cuts what is left (exit 
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
+from .._lazy import lazy_exports
 from .settings import HTTP_ENV_PREFIX, HttpIdempotencySettings, HttpSettings
 
 if TYPE_CHECKING:
@@ -70,10 +70,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _LAZY)

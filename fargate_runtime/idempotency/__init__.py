@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .._lazy import lazy_exports
 from ..errors import (
     AlreadyInProgressError,
     IdempotencyError,
@@ -122,10 +123,5 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    """``RedisStore`` on first use: importing it imports redis-py."""
-    if name == "RedisStore":
-        from .redis_store import RedisStore
-
-        return RedisStore
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# ``RedisStore`` on first use: importing it imports redis-py.
+__getattr__ = lazy_exports(__name__, {"RedisStore": ".redis_store"})

@@ -47,24 +47,29 @@ guarantees".
 
 from __future__ import annotations
 
-from ._queue import QueueFacts
-from .acks import AckOutcome
-from .backoff import Backoff, Retry
-from .claims import (
-    FingerprintFunction,
-    KeyFunction,
-    body_fingerprint,
-    deduplication_id,
-    json_field,
-    message_attribute,
-)
-from .client import open_sqs_client
-from .consumer import Consumer, ConsumerStats
-from .context import BatchContext, BatchHandler, Handler, MessageContext
-from .events import ConsumerEvent, ConsumerEventKind, EventHook, MessageOutcome
-from .message import Message
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
 from .settings import SqsSettings
-from .worker import HandlerFactory, sqs_worker
+
+if TYPE_CHECKING:
+    from ._queue import QueueFacts
+    from .acks import AckOutcome
+    from .backoff import Backoff, Retry
+    from .claims import (
+        FingerprintFunction,
+        KeyFunction,
+        body_fingerprint,
+        deduplication_id,
+        json_field,
+        message_attribute,
+    )
+    from .client import open_sqs_client
+    from .consumer import Consumer, ConsumerStats
+    from .context import BatchContext, BatchHandler, Handler, MessageContext
+    from .events import ConsumerEvent, ConsumerEventKind, EventHook, MessageOutcome
+    from .message import Message
+    from .worker import HandlerFactory, sqs_worker
 
 __all__ = [
     "AckOutcome",
@@ -93,3 +98,36 @@ __all__ = [
     "open_sqs_client",
     "sqs_worker",
 ]
+
+# Loaded on first use: the consumer imports aioboto3 (botocore, aiohttp), which a process that
+# only reads its settings (the check of FARGATE_RUNTIME_* variables at start, an HTTP API's
+# included) never needs.
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "QueueFacts": "._queue",
+        "AckOutcome": ".acks",
+        "Backoff": ".backoff",
+        "Retry": ".backoff",
+        "FingerprintFunction": ".claims",
+        "KeyFunction": ".claims",
+        "body_fingerprint": ".claims",
+        "deduplication_id": ".claims",
+        "json_field": ".claims",
+        "message_attribute": ".claims",
+        "open_sqs_client": ".client",
+        "Consumer": ".consumer",
+        "ConsumerStats": ".consumer",
+        "BatchContext": ".context",
+        "BatchHandler": ".context",
+        "Handler": ".context",
+        "MessageContext": ".context",
+        "ConsumerEvent": ".events",
+        "ConsumerEventKind": ".events",
+        "EventHook": ".events",
+        "MessageOutcome": ".events",
+        "Message": ".message",
+        "HandlerFactory": ".worker",
+        "sqs_worker": ".worker",
+    },
+)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .._lazy import lazy_exports
 from ._core import (
     ERROR_TYPE_ATTRIBUTE,
     IDEMPOTENCY_OUTCOME_ATTRIBUTE,
@@ -81,20 +82,16 @@ __all__ = [
 ]
 
 # Imported when first asked for: ``_propagation`` loads the OpenTelemetry API.
-_PROPAGATION = frozenset(
-    {
-        "SQS_ATTRIBUTE_LIMIT",
-        "extract_sqs_context",
-        "inject_sqs_attributes",
-        "parse_aws_trace_header",
-        "process_span",
-    }
+__getattr__ = lazy_exports(
+    __name__,
+    dict.fromkeys(
+        (
+            "SQS_ATTRIBUTE_LIMIT",
+            "extract_sqs_context",
+            "inject_sqs_attributes",
+            "parse_aws_trace_header",
+            "process_span",
+        ),
+        "._propagation",
+    ),
 )
-
-
-def __getattr__(name: str) -> object:
-    if name in _PROPAGATION:
-        from . import _propagation
-
-        return getattr(_propagation, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

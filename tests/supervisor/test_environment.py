@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -85,3 +88,23 @@ def test_a_worker_with_a_typo_exits_78_with_one_line() -> None:
     (line,) = [line for line in worker.lines if line.get("level") == "CRITICAL"]
     assert "FARGATE_RUNTIME_SQS_BATCH_SIZE" in line["message"]
     assert "Traceback" not in worker.output()
+
+
+def test_checking_the_variables_imports_no_consumer_and_no_http_server() -> None:
+    """The check at every start reads the settings models only: an HTTP API's process loads no
+    aioboto3 for it, a worker's no uvicorn (each package's heavy parts load on first use)."""
+    probe = (
+        "import sys; from fargate_runtime.settings import check_environment; "
+        "check_environment(); "
+        "print(sorted(m for m in ('aioboto3', 'aiohttp', 'botocore', 'uvicorn', 'starlette',"
+        " 'redis', 'asyncpg', 'opentelemetry') if m in sys.modules))"
+    )
+    env = {"FARGATE_RUNTIME_HTTP_PORT": "8080", "FARGATE_RUNTIME_SQS_CONCURRENCY": "4"}
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
