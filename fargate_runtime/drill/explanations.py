@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..lifecycle import ExitCode
 from .interrupter import IncidentKind
 
 if TYPE_CHECKING:
@@ -24,9 +25,7 @@ if TYPE_CHECKING:
     from .interrupter import Incident
     from .workers import WorkerSummary
 
-__all__ = ["FORCED_EXIT_CODE", "Explanation", "explain"]
-
-FORCED_EXIT_CODE = 70  # ExitCode.FORCED: the watchdog ended the process at the hard deadline
+__all__ = ["Explanation", "explain"]
 # Clocks of two processes (wall time in the ledger, monotonic here) agree to a few ms.
 _CLOCK_SLACK_SECONDS = 0.05
 # A claim taken this long before a Redis restart may still have been alive when it was erased
@@ -147,14 +146,14 @@ def explain(
             excused=same_key,
         )
     if first is not None and first.exited_at is not None and low <= first.exited_at <= high:
-        if first.exit_code == 75:
+        if first.exit_code == ExitCode.DRAIN_TIMEOUT:
             return made(
                 "drain_deadline",
                 f"{who}'s drain deadline cancelled the handler after its charge (exit 75): the "
                 "handler outlasts the drain budget",
                 excused=misbehaving and same_key,
             )
-        if first.exit_code == FORCED_EXIT_CODE:
+        if first.exit_code == ExitCode.FORCED:
             return made(
                 "forced_exit",
                 f"{who} was ended at the hard deadline (exit 70) after its charge, before its "

@@ -44,7 +44,8 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .explanations import FORCED_EXIT_CODE, Explanation, explain
+from ..lifecycle import ExitCode
+from .explanations import Explanation, explain
 from .interrupter import IncidentKind
 from .workers import EndKind
 
@@ -87,7 +88,6 @@ JSON_FIELDS = (
     "duration_seconds",
 )
 _LISTED = 10  # at most this many examples per failure
-_FORCED = FORCED_EXIT_CODE
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +215,7 @@ def build_report(seen: Observations) -> DrillReport:
         handler_executions=counts.handler_executions,
         sigterms=kinds.count(IncidentKind.SIGTERM) + kinds.count(IncidentKind.FINAL_SIGTERM),
         overruns=kinds.count(IncidentKind.OVERRUN_KILL),
-        forced_exits=sum(1 for w in seen.workers if w.exit_code == _FORCED),
+        forced_exits=sum(1 for w in seen.workers if w.exit_code == ExitCode.FORCED),
         chaos_kills=kinds.count(IncidentKind.HARD_KILL),
         drain_seconds_p50=p50,
         drain_seconds_p95=p95,
@@ -294,12 +294,12 @@ def _judge(
                 f"crash: {worker.describe()} exited by itself with code {worker.exit_code}: "
                 f"{errors} (log: {worker.log_path})"
             )
-        elif worker.exit_code == _FORCED:
+        elif worker.exit_code == ExitCode.FORCED:
             notes.append(
                 f"{worker.describe()} was ended at the hard deadline (exit 70): its log names the "
                 "code that would not stop"
             )
-        elif worker.exit_code == 75:
+        elif worker.exit_code == ExitCode.DRAIN_TIMEOUT:
             notes.append(
                 f"{worker.describe()} hit its drain deadline (exit 75): in-flight work was "
                 "cancelled and released"
