@@ -9,11 +9,10 @@ this, every measured start of a worker compiled the runtime's and the example's 
 from __future__ import annotations
 
 import compileall
-from pathlib import Path
+
+from bench._results import REPO
 
 __all__ = ["compile_project"]
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def compile_project() -> None:

@@ -19,11 +19,8 @@ import asyncio
 import gc
 import json
 import os
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio
@@ -32,6 +29,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from bench._results import REPO, run_child
 from fargate_runtime._watchdog import Watchdog
 from fargate_runtime.idempotency import Idempotency, RedisStore
 from fargate_runtime.lifecycle import Lifecycle
@@ -56,7 +54,6 @@ __all__ = [
     "overhead_pinned",
 ]
 
-REPO = Path(__file__).resolve().parent.parent
 OVERHEAD_MESSAGES = 20_000
 OVERHEAD_CONCURRENCY = 50
 ROUNDS_PER_CHILD = 2
@@ -262,10 +259,7 @@ def overhead_pinned(
         "from bench._overhead import _overhead_child; "
         f"_overhead_child({redis_url!r}, telemetry={telemetry!r}, detector={detector!r})"
     )
-    output = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
-    ).stdout
-    rates: dict[str, list[float]] = json.loads(output.strip().splitlines()[-1])
+    rates: dict[str, list[float]] = run_child(code)
     return rates
 
 

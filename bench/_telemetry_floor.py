@@ -18,14 +18,11 @@ The variants replace runtime functions in the child only; the runtime is not cha
 
 from __future__ import annotations
 
-import json
 import statistics
-import subprocess
 import sys
 from typing import Any
 
-from bench._overhead import REPO
-from bench._results import merge_results
+from bench._results import merge_results, run_child
 from fargate_runtime.local import answering_redis
 
 VARIANTS = (
@@ -78,11 +75,7 @@ overhead._overhead_child({redis_url!r}, telemetry=telemetry)
 
 
 def _child(variant: str, redis_url: str) -> dict[str, list[float]]:
-    code = _CHILD.format(variant=variant, redis_url=redis_url)
-    output = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
-    ).stdout
-    figures: dict[str, list[float]] = json.loads(output.strip().splitlines()[-1])
+    figures: dict[str, list[float]] = run_child(_CHILD.format(variant=variant, redis_url=redis_url))
     return figures
 
 

@@ -63,14 +63,13 @@ from bench._overhead import (
     delete_prefix,
     overhead_pinned,
 )
-from bench._results import merge_results
+from bench._results import REPO, merge_results
 from bench._sqs_stops import stop_figures
 from fargate_runtime.idempotency import Idempotency, RedisStore
 from fargate_runtime.lifecycle import Lifecycle
 from fargate_runtime.local import MotoServer, answering_redis, sqs_environment
 from fargate_runtime.sqs import Consumer, Message, MessageContext, SqsSettings, json_field
 
-REPO = Path(__file__).resolve().parent.parent
 BUSY_MESSAGES = 300
 OVERHEAD_ALTERNATIONS = 3
 STARTS = 3

@@ -39,10 +39,9 @@ from typing import Any
 import botocore.session
 
 from bench._bytecode import compile_project
-from bench._results import merge_results
+from bench._results import REPO, merge_results
 from fargate_runtime.local import MotoServer, answering_redis, sqs_environment
 
-REPO = Path(__file__).resolve().parent.parent
 ROUNDS = 5
 IDLE_SECONDS = 2.0
 TARGETS = {"start_cpu_seconds": 0.4, "idle_rss_mb": 60}
@@ -156,7 +155,6 @@ def main() -> dict[str, object]:
             **os.environ,
             **sqs_environment(moto.endpoint_url),
             "FARGATE_RUNTIME_SQS_QUEUE_URL": queue,
-            "FARGATE_RUNTIME_SQS_ABANDON_RECEIVE_ON_SHUTDOWN": "true",
             "FARGATE_RUNTIME_IDEMPOTENCY_KEY_PREFIX": f"bench-fp-{uuid.uuid4().hex[:8]}",
             "REDIS_URL": redis_url,
             "PAYMENTS_LEDGER_PATH": str(Path(d) / "ledger.sqlite3"),

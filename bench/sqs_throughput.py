@@ -38,13 +38,12 @@ import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import botocore.session
 
 from bench._moto_keepalive import SERVER_NAME, KeepAliveMoto, request_counts
-from bench._results import merge_results
+from bench._results import REPO, merge_results, run_child
 from bench._sqs_peers import HeavyTail
 from fargate_runtime.deploy.prices import PRICES_SOURCE, cost_per_million_messages
 from fargate_runtime.local import answering_redis, free_port, sqs_environment
@@ -52,7 +51,6 @@ from fargate_runtime.local import answering_redis, free_port, sqs_environment
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-REPO = Path(__file__).resolve().parent.parent
 # What a consumer sends to SQS for its messages (the feeder's sends and depth reads are not).
 CONSUMER_ACTIONS = frozenset(
     {
@@ -298,10 +296,7 @@ def _capacity() -> dict[str, Any]:
             "from bench.sqs_throughput import _capacity_child; "
             f"_capacity_child({concurrency}, {count})"
         )
-        output = subprocess.run(
-            [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout
-        figures = json.loads(output.strip().splitlines()[-1])
+        figures = run_child(code)
         ideal = concurrency / _mean_latency(HeavyTail(seed=17))
         results[str(concurrency)] = {
             # Steady state (10th to 90th percentile of handler ends), as for the heavy tail.
