@@ -10,14 +10,15 @@ from typing import TYPE_CHECKING
 
 from fargate_runtime.lifecycle import Lifecycle
 from fargate_runtime.settings import ShutdownBudget
-from fargate_runtime.sqs import SqsSettings
+from fargate_runtime.sqs import Consumer, SqsSettings, json_field
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
     from types_aiobotocore_sqs import SQSClient
 
-    from fargate_runtime.sqs import Consumer
+    from fargate_runtime.idempotency import Idempotency
+    from fargate_runtime.sqs import Message, MessageContext
 
 
 def budget(drain_seconds: float = 3.0) -> ShutdownBudget:
@@ -36,6 +37,23 @@ def settings(queue_url: str, **overrides: object) -> SqsSettings:
     values: dict[str, object] = {"queue_url": queue_url, "flush_interval_seconds": 0.05}
     values.update(overrides)
     return SqsSettings.model_validate(values)
+
+
+def keyed(
+    handler: Callable[[Message, MessageContext], Awaitable[None]],
+    sqs: SQSClient,
+    queue: str,
+    idempotency: Idempotency,
+    **overrides: object,
+) -> Consumer:
+    """A consumer keyed by the ``event_id`` field, with ``settings(queue, **overrides)``."""
+    return Consumer(
+        handler,
+        client=sqs,
+        settings=settings(queue, **overrides),
+        idempotency=idempotency,
+        key=json_field("event_id"),
+    )
 
 
 async def eventually(

@@ -27,7 +27,7 @@ from fargate_runtime.sqs import (
 )
 
 from .conftest import dlq_url, event
-from .support import QueueCounts, counts, eventually, running, send, settings
+from .support import QueueCounts, counts, eventually, keyed, running, send, settings
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -39,23 +39,6 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.integration
 
 EMPTY = QueueCounts(visible=0, not_visible=0)
-
-
-def keyed(
-    handler: Callable[[Message, MessageContext], Awaitable[None]],
-    sqs: SQSClient,
-    queue: str,
-    idempotency: Idempotency,
-    **overrides: object,
-) -> Consumer:
-    """A consumer keyed by the ``event_id`` field."""
-    return Consumer(
-        handler,
-        client=sqs,
-        settings=settings(queue, **overrides),
-        idempotency=idempotency,
-        key=json_field("event_id"),
-    )
 
 
 async def test_deletes_each_message_once_handled_in_batches(
@@ -135,7 +118,8 @@ async def test_retry_signal_sets_the_delay(
 async def test_poison_message_reaches_the_dlq_after_max_receive_count(
     sqs: SQSClient, make_queue: Callable[..., Awaitable[str]], idempotency: Idempotency
 ) -> None:
-    """A message that always fails runs maxReceiveCount times, then the redrive moves it."""
+    """A message that always fails runs maxReceiveCount times, then the redrive moves it, with
+    no copy of the runtime's (failures of its own are what the DLQ is for)."""
     queue = await make_queue(dlq_after=2)
     calls: list[int] = []
 
@@ -150,6 +134,7 @@ async def test_poison_message_reaches_the_dlq_after_max_receive_count(
             lambda: _visible(sqs, dlq_url(queue), 1), within=30, what="message in the DLQ"
         )
     assert calls == [1, 2]
+    assert consumer.stats.requeued == 0
     assert await counts(sqs, queue) == EMPTY
 
 

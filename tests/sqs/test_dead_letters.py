@@ -20,8 +20,7 @@ from fargate_runtime.sqs import (
 )
 
 from .conftest import dlq_url, event
-from .support import QueueCounts, counts, eventually, running, send, settings
-from .test_consumer import keyed
+from .support import QueueCounts, counts, eventually, keyed, running, send, settings
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -99,13 +98,7 @@ async def test_a_poison_fifo_message_goes_to_the_dlq_alone_and_its_group_runs_in
             raise RuntimeError("card declined, always")
 
     await send(sqs, queue, [event(f"m{i}") for i in range(1, 11)], group_id="acct-1")
-    consumer = Consumer(
-        handle,
-        client=sqs,
-        settings=settings(queue, **FAST_RETRIES),
-        idempotency=idempotency,
-        key=json_field("event_id"),
-    )
+    consumer = keyed(handle, sqs, queue, idempotency, **FAST_RETRIES)
     async with running(consumer):
         await eventually(lambda: consumer.stats.deleted == 10, what="9 handled, 1 moved")
     assert calls == [f"m{i}" for i in range(1, 7)] + ["m7"] * 4 + [f"m{i}" for i in (8, 9, 10)]
@@ -160,36 +153,6 @@ async def test_five_shutdowns_in_a_row_do_not_dead_letter_a_message(
     assert seen[0].receive_count == 3  # the copy's: its 3rd receive, counting again from 1
     assert await dead_letters(sqs, queue) == []
     assert await counts(sqs, queue) == EMPTY
-
-
-async def test_a_failing_message_still_reaches_the_dlq_after_its_own_failures(
-    sqs: SQSClient, make_queue: Callable[..., Awaitable[str]], idempotency: Idempotency
-) -> None:
-    """Standard queue, maxReceiveCount 2: a message that always fails runs twice, then the
-    redrive policy moves it, with no copy (failures are what the DLQ is for)."""
-    queue = await make_queue(dlq_after=2)
-    calls: list[int] = []
-
-    async def handle(message: Message, context: MessageContext) -> None:
-        calls.append(message.receive_count)
-        raise ValueError("poison")
-
-    await send(sqs, queue, [event("poison")])
-    consumer = Consumer(
-        handle,
-        client=sqs,
-        settings=settings(queue, backoff_base_seconds=0, backoff_cap_seconds=0),
-        idempotency=idempotency,
-        key=json_field("event_id"),
-    )
-    async with running(consumer):
-        await eventually(lambda: _has_dead_letter(sqs, queue), within=30, what="in the DLQ")
-    assert calls == [1, 2]
-    assert consumer.stats.requeued == 0
-
-
-async def _has_dead_letter(sqs: SQSClient, queue: str) -> bool:
-    return (await counts(sqs, dlq_url(queue))).visible == 1
 
 
 @pytest.mark.parametrize("delay", [50_000, 43_200])

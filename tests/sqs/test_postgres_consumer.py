@@ -8,16 +8,16 @@ import pytest
 
 from fargate_runtime.errors import ConfigurationError
 from fargate_runtime.idempotency import ClaimStatus, Idempotency, MemoryStore, PostgresStore
-from fargate_runtime.sqs import Consumer, Message, MessageContext, json_field
 
 from .conftest import event
-from .support import QueueCounts, counts, eventually, running, send, settings
+from .support import QueueCounts, counts, eventually, keyed, running, send
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from types_aiobotocore_sqs import SQSClient
 
+    from fargate_runtime.sqs import Message, MessageContext
     from tests.idempotency.postgres import PostgresSchema
 
 pytestmark = pytest.mark.integration
@@ -42,9 +42,7 @@ async def test_handler_writes_commit_with_the_completion_and_duplicates_are_abso
             await tx.execute(f"INSERT INTO {postgres_schema.name}.charges VALUES ($1)", event_id)
 
     idem = Idempotency(postgres_store, prefix="pgq")
-    consumer = Consumer(
-        handle, client=sqs, settings=settings(queue), idempotency=idem, key=json_field("event_id")
-    )
+    consumer = keyed(handle, sqs, queue, idem)
     await send(sqs, queue, [event(f"e{i}") for i in range(12)])
     async with running(consumer):
         await eventually(lambda: consumer.stats.deleted == 12, what="12 deleted")
@@ -83,12 +81,13 @@ async def test_a_failing_handler_rolls_back_and_runs_again(
             if attempts == 1:
                 raise RuntimeError("provider timed out")
 
-    consumer = Consumer(
+    consumer = keyed(
         handle,
-        client=sqs,
-        settings=settings(queue, backoff_base_seconds=0.1, backoff_cap_seconds=0.2),
-        idempotency=Idempotency(postgres_store, prefix="pgq"),
-        key=json_field("event_id"),
+        sqs,
+        queue,
+        Idempotency(postgres_store, prefix="pgq"),
+        backoff_base_seconds=0.1,
+        backoff_cap_seconds=0.2,
     )
     await send(sqs, queue, [event("once")])
     async with running(consumer):
@@ -111,13 +110,7 @@ async def test_a_transaction_without_the_postgres_store_is_a_clear_error(
         except ConfigurationError as exc:
             errors.append(exc)
 
-    consumer = Consumer(
-        handle,
-        client=sqs,
-        settings=settings(queue),
-        idempotency=Idempotency(MemoryStore(), prefix="pgq"),
-        key=json_field("event_id"),
-    )
+    consumer = keyed(handle, sqs, queue, Idempotency(MemoryStore(), prefix="pgq"))
     await send(sqs, queue, [event("x")])
     async with running(consumer):
         await eventually(lambda: consumer.stats.deleted == 1, what="deleted")

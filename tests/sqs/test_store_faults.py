@@ -8,8 +8,6 @@ a lease because of the store.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 from typing import TYPE_CHECKING
 
 import pytest
@@ -25,11 +23,10 @@ from fargate_runtime.idempotency import (
     MemoryStore,
     open_store,
 )
-from fargate_runtime.sqs import Consumer, Message, MessageContext, json_field
 from tests.idempotency.test_outage import ReplyDropper
 
 from .conftest import dlq_url, event
-from .support import QueueCounts, counts, eventually, running, send, settings
+from .support import QueueCounts, counts, eventually, keyed, running, send
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -37,6 +34,7 @@ if TYPE_CHECKING:
     from types_aiobotocore_sqs import SQSClient
 
     from fargate_runtime.local import RedisServer
+    from fargate_runtime.sqs import Message, MessageContext
 
 pytestmark = pytest.mark.integration
 
@@ -57,24 +55,6 @@ async def private_store(
         yield store
 
 
-def consumer_on(
-    store: IdempotencyStore,
-    prefix: str,
-    sqs: SQSClient,
-    queue: str,
-    handle: Callable[[Message, MessageContext], Awaitable[None]],
-    **overrides: object,
-) -> Consumer:
-    """A consumer keyed by ``event_id`` on ``store``."""
-    return Consumer(
-        handle,
-        client=sqs,
-        settings=settings(queue, **overrides),
-        idempotency=Idempotency(store, prefix=prefix),
-        key=json_field("event_id"),
-    )
-
-
 async def test_redis_killed_while_idle_spends_no_receive_and_loses_nothing(
     sqs: SQSClient,
     make_queue: Callable[..., Awaitable[str]],
@@ -90,8 +70,12 @@ async def test_redis_killed_while_idle_spends_no_receive_and_loses_nothing(
     async def handle(message: Message, context: MessageContext) -> None:
         handled.append((message.json()["event_id"], message.receive_count))
 
-    consumer = consumer_on(
-        private_store, redis_prefix, sqs, queue, handle, in_progress_delay_seconds=1
+    consumer = keyed(
+        handle,
+        sqs,
+        queue,
+        Idempotency(private_store, prefix=redis_prefix),
+        in_progress_delay_seconds=1,
     )
     async with running(consumer):
         await consumer.wait_ready()
@@ -124,22 +108,20 @@ async def test_redis_paused_around_a_completion_retries_it_and_runs_once(
     completion is retried, not abandoned; the message is deleted; nothing runs twice and no
     lease is reported lost."""
     queue = await make_queue(dlq_after=5)
-    assert private_redis.process is not None
-    pid = private_redis.process.pid
     handled: list[str] = []
 
     async def handle(message: Message, context: MessageContext) -> None:
         handled.append(message.json()["event_id"])
-        os.kill(pid, signal.SIGSTOP)
-        asyncio.get_running_loop().call_later(2.5, os.kill, pid, signal.SIGCONT)
+        private_redis.pause()
+        asyncio.get_running_loop().call_later(2.5, private_redis.resume)
 
     await send(sqs, queue, [event("paid")])
-    consumer = consumer_on(private_store, redis_prefix, sqs, queue, handle)
+    consumer = keyed(handle, sqs, queue, Idempotency(private_store, prefix=redis_prefix))
     try:
         async with running(consumer):
             await eventually(lambda: consumer.stats.deleted == 1, what="deleted")
     finally:
-        os.kill(pid, signal.SIGCONT)
+        private_redis.resume()
     stats = consumer.stats
     assert handled == ["paid"]
     assert stats.completion_retries >= 1
@@ -167,7 +149,7 @@ async def test_a_claim_whose_reply_was_lost_runs_once_without_blocking_its_key(
     try:
         url = f"redis://127.0.0.1:{port}"
         async with open_store(store_settings(url, redis_prefix)) as store:
-            consumer = consumer_on(store, redis_prefix, sqs, queue, handle)
+            consumer = keyed(handle, sqs, queue, Idempotency(store, prefix=redis_prefix))
             async with running(consumer):
                 await consumer.wait_ready()
                 await store.release_many([])  # scripts warm: the dropped reply is a claim's
@@ -211,8 +193,12 @@ async def test_a_store_bug_hands_the_batch_back_instead_of_stranding_it(
         handled.append(message.json()["event_id"])
 
     await send(sqs, queue, [event("b1"), event("b2")])
-    consumer = consumer_on(
-        BrokenOnce(), redis_prefix, sqs, queue, handle, in_progress_delay_seconds=1
+    consumer = keyed(
+        handle,
+        sqs,
+        queue,
+        Idempotency(BrokenOnce(), prefix=redis_prefix),
+        in_progress_delay_seconds=1,
     )
     async with running(consumer):
         await eventually(lambda: consumer.stats.deleted == 2, what="both run")
@@ -249,7 +235,7 @@ async def test_a_completion_bug_is_no_refusal_the_finished_work_is_deleted_not_r
 
     await send(sqs, queue, [event("c1")])
     store = CompletionBug()
-    consumer = consumer_on(store, redis_prefix, sqs, queue, handle)
+    consumer = keyed(handle, sqs, queue, Idempotency(store, prefix=redis_prefix))
     async with running(consumer):
         await eventually(lambda: consumer.stats.deleted == 1, what="ran and deleted")
     assert handled == ["c1"]
