@@ -146,16 +146,6 @@ class Handback:
         self._requeue = Requeue(client, queue_url=holdings.settings.queue_url)
         self._wall = wall_clock
 
-    @property
-    def requeued(self) -> int:
-        """Copies sent (each replacing a message that would have been dead-lettered for nothing)."""
-        return self._requeue.copies
-
-    @property
-    def dead_lettered(self) -> int:
-        """Messages the runtime moved to the DLQ itself (failed maxReceiveCount times)."""
-        return self._requeue.dead_lettered
-
     def _at_last_receive(self, item: InFlight) -> bool:
         most = self.queue.max_receive_count
         return most is not None and item.message.receive_count >= most

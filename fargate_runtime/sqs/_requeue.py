@@ -50,8 +50,6 @@ class Requeue:
         self._client = client
         self._queue_url = queue_url
         self._refused: set[str] = set()  # error codes already logged
-        self.copies = 0
-        self.dead_lettered = 0
 
     async def copy(self, item: InFlight, *, failures: int, delay_seconds: int) -> bool:
         """Send a copy of ``item``'s message to its own queue; True once SQS accepted it."""
@@ -61,15 +59,11 @@ class Requeue:
                 "retry delay cut to 900 s: a re-queued copy can be delayed 15 minutes at most",
                 extra={**item.log_fields(), "delay_seconds": delay_seconds},
             )
-        sent = await self._send(self._queue_url, item, failures=failures, delay_seconds=delay)
-        self.copies += sent
-        return sent
+        return await self._send(self._queue_url, item, failures=failures, delay_seconds=delay)
 
     async def dead_letter(self, item: InFlight, *, dead_letter_url: str, failures: int) -> bool:
         """Send ``item``'s message to the dead-letter queue; True once SQS accepted it."""
-        sent = await self._send(dead_letter_url, item, failures=failures, delay_seconds=0)
-        self.dead_lettered += sent
-        return sent
+        return await self._send(dead_letter_url, item, failures=failures, delay_seconds=0)
 
     async def _send(
         self, queue_url: str, item: InFlight, *, failures: int, delay_seconds: int

@@ -48,7 +48,7 @@ from ._final_release import FinalRelease
 from ._handback import DeliveryCounters
 from ._holdings import ConsumerStats, Holdings
 from ._inflight import MessageState
-from ._outage import StoreOutage
+from ._outage import StoreOutage, first_of
 from ._queue import QueueFacts, log_queue, read_queue
 from ._receiver import Receiver
 from ._running import Runner
@@ -188,13 +188,7 @@ class Consumer:
 
     async def wait_ready(self) -> None:
         """Return once the consumer receives; raise RuntimeError if its run ended first."""
-        ready = asyncio.ensure_future(self._ready.wait())
-        ended = asyncio.ensure_future(self._ended.wait())
-        try:
-            await asyncio.wait({ready, ended}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            ready.cancel()
-            ended.cancel()
+        await first_of(self._ready.wait(), self._ended.wait())
         if not self._ready.is_set():
             raise RuntimeError("the consumer stopped before it was ready")
 
