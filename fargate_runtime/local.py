@@ -322,7 +322,8 @@ class PostgresServer(_Process):
             raise LocalServiceError("the PostgreSQL server is not started")
         return Path(self._dir.name) / "data"
 
-    def _prepare(self) -> tuple[str, str]:
+    def _prepare(self) -> str:
+        """Create the cluster with ``initdb``; the ``postgres`` binary that runs it."""
         initdb, postgres = _postgres_binary("initdb"), _postgres_binary("postgres")
         if initdb is None or postgres is None:
             raise LocalServiceError(
@@ -339,11 +340,11 @@ class PostgresServer(_Process):
              "--no-sync", "--no-instructions"],
             check=True, capture_output=True, user=self._user, timeout=120,
         )  # fmt: skip
-        return initdb, postgres
+        return postgres
 
     def start(self) -> None:
         """Create the cluster (first start only), start it, wait until it accepts connections."""
-        _, postgres = self._prepare() if self._dir is None else ("", _postgres_binary("postgres"))
+        postgres = self._prepare() if self._dir is None else _postgres_binary("postgres")
         assert postgres is not None  # noqa: S101 - found by _prepare on the first start
         settings = {
             "listen_addresses": "127.0.0.1",

@@ -230,8 +230,7 @@ class _Run:
             return False
         error = starting.exception()
         if isinstance(error, ConfigurationError):
-            logger.critical(str(error), extra={"exit_code": int(ExitCode.CONFIGURATION)})
-            self.crashed, self.code_on_crash = True, ExitCode.CONFIGURATION
+            self.misconfigured(error)
         elif error is not None:
             logger.error("setup failed", exc_info=error)
             self.crashed = True
@@ -350,10 +349,7 @@ class _Run:
             self.crash(name, f"service raised {type(exc).__name__}({exc})")
         except ConfigurationError as exc:
             # Found when the service started (a queue that does not exist): exit 78, one line.
-            logger.critical(
-                str(exc), extra={"service": name, "exit_code": int(ExitCode.CONFIGURATION)}
-            )
-            self.crashed, self.code_on_crash = True, ExitCode.CONFIGURATION
+            self.misconfigured(exc, service=name)
             self.begin_shutdown(f"service {name}: bad configuration")
         except Exception:
             logger.exception("service crashed", extra={"service": name})
@@ -362,6 +358,11 @@ class _Run:
         else:
             if not self.lifecycle.shutdown_requested:
                 logger.info("service returned", extra={"service": name})
+
+    def misconfigured(self, error: ConfigurationError, **fields: str) -> None:
+        """A setting is wrong: one critical line naming it, and the run ends with exit 78."""
+        logger.critical(str(error), extra={**fields, "exit_code": int(ExitCode.CONFIGURATION)})
+        self.crashed, self.code_on_crash = True, ExitCode.CONFIGURATION
 
     def crash(self, name: str, what: str) -> None:
         logger.error("service crashed: %s", what, extra={"service": name})

@@ -13,13 +13,12 @@ from typing import TYPE_CHECKING
 
 from ..errors import ConfigurationError
 from ..idempotency.postgres_schema import schema_sql
+from ..lifecycle import ExitCode
 
 if TYPE_CHECKING:
     from ..idempotency import IdempotencySettings
 
 __all__ = ["configure_parser", "run_command"]
-
-_CONFIGURATION = 78
 
 
 def _schema_name(text: str) -> str:
@@ -80,7 +79,7 @@ def run_command(args: argparse.Namespace) -> int:
         return asyncio.run(_run(args))
     except ConfigurationError as exc:
         print(f"fargate-runtime postgres-schema: {exc}", file=sys.stderr)  # noqa: T201 - CLI
-        return _CONFIGURATION
+        return int(ExitCode.CONFIGURATION)
 
 
 def _settings(args: argparse.Namespace, *, printing: bool = False) -> IdempotencySettings:
