@@ -40,7 +40,6 @@ from ._inflight import MessageState
 from ._queue import QueueFacts
 from ._requeue import Requeue
 from .events import MessageOutcome
-from .settings import MAX_VISIBILITY_SECONDS
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -56,8 +55,6 @@ __all__ = ["DeliveryCounters", "Handback", "failures_so_far"]
 logger = logging.getLogger("fargate_runtime.sqs.consumer")
 
 RELEASES, FAILURES = "r", "f"
-# A visibility change must end before SQS's 12 h from the first receive, on SQS's clock.
-_HORIZON_SAFETY_SECONDS = 10.0
 
 
 def failures_so_far(item: InFlight, counts: Mapping[str, int], *, delivery_open: bool) -> int:
@@ -153,8 +150,7 @@ class Handback:
     def horizon_seconds(self, item: InFlight) -> int:
         """The longest visibility SQS still accepts for this message (12 h from its first
         receive, on SQS's clock: a margin is kept)."""
-        held = self._wall() - item.first_received_epoch
-        return max(0, int(MAX_VISIBILITY_SECONDS - held - _HORIZON_SAFETY_SECONDS))
+        return max(0, int(item.visibility_room(self._wall())))
 
     def visibility(self, item: InFlight, seconds: float) -> int:
         """``seconds`` as a visibility SQS accepts for ``item`` (whole seconds, within its 12 h);

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from .._work import Work
 from ..logging import span_log_fields
 from ..telemetry._core import error_type_of, mark_error
+from .settings import MAX_VISIBILITY_SECONDS
 
 if TYPE_CHECKING:
     import asyncio
@@ -39,6 +40,10 @@ class Ran(enum.Enum):
     SUCCEEDED = "succeeded"  # handled, completion recorded, deleted
     FAILED = "failed"  # the handler failed: ``retry_delay_seconds`` says what it asked for
     STOPPED = "stopped"  # not run, or ran but handed back (lease lost)
+
+
+# A visibility must end this far short of SQS's 12 h from the first receive (SQS's clock).
+_VISIBILITY_LIMIT_MARGIN_SECONDS = 10.0
 
 
 @dataclass(slots=True, eq=False)
@@ -87,6 +92,12 @@ class InFlight:
             visible_until=sent_at + visibility_seconds,
             first_received_epoch=first.timestamp() if first is not None else time.time(),
         )
+
+    def visibility_room(self, wall_now: float) -> float:
+        """Seconds of visibility SQS still accepts for this message at unix time ``wall_now``
+        (12 h from its first receive, less a margin); negative once there are none."""
+        held = wall_now - self.first_received_epoch
+        return MAX_VISIBILITY_SECONDS - held - _VISIBILITY_LIMIT_MARGIN_SECONDS
 
     @property
     def message_id(self) -> str:

@@ -37,7 +37,6 @@ from ..errors import StoreUnavailableError
 from ..idempotency import ClaimStatus
 from ._claiming import claim_again
 from .acks import AckOutcome
-from .settings import MAX_VISIBILITY_SECONDS
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -49,9 +48,6 @@ if TYPE_CHECKING:
 __all__ = ["Heartbeat"]
 
 logger = logging.getLogger("fargate_runtime.sqs.heartbeat")
-
-# Stop this far short of SQS's 12 h limit: the limit counts from SQS's own clock.
-_CAP_SAFETY_SECONDS = 10.0
 
 
 class Heartbeat:
@@ -163,15 +159,17 @@ class Heartbeat:
 
     def _extension_for(self, item: InFlight, now: float) -> int | None:
         """Seconds to extend to, or None when the 12 h cap leaves nothing to add."""
-        elapsed = self._wall() - item.first_received_epoch
-        room = MAX_VISIBILITY_SECONDS - elapsed - _CAP_SAFETY_SECONDS
-        seconds = int(min(self._timeout, room))
+        wall_now = self._wall()
+        seconds = int(min(self._timeout, item.visibility_room(wall_now)))
         if seconds <= item.visible_until - now:
             if not item.capped:
                 item.capped = True
                 logger.warning(
                     "message reached the 12 h visibility limit; it will become visible again",
-                    extra={**item.log_fields(), "held_seconds": round(elapsed)},
+                    extra={
+                        **item.log_fields(),
+                        "held_seconds": round(wall_now - item.first_received_epoch),
+                    },
                 )
             return None
         return seconds
