@@ -178,7 +178,10 @@ class TransactionalClaim:
 
         Raises LeaseLostError (everything written rolled back) when the claim is not ours any
         more, and StoreUnavailableError when the database failed; after a failed COMMIT the
-        outcome is unknown, and consistent either way: both landed, or neither.
+        outcome is unknown, and consistent either way: both landed, or neither. At
+        ``repeatable_read`` or ``serializable``, a transaction open across a lease renewal fails
+        to serialize (the renewal updated the record after its snapshot) and rolls back: keep
+        those shorter than a third of the lease.
         """
         return self._run(None, isolation)
 
