@@ -20,7 +20,6 @@ __all__ = [
     "PRICES",
     "PRICES_READ",
     "PRICES_SOURCE",
-    "SQS_REQUEST_CHUNK_BYTES",
     "SQS_USD_PER_MILLION_REQUESTS",
     "Architecture",
     "MessageCost",
@@ -56,7 +55,6 @@ PRICES: Mapping[Architecture, Price] = MappingProxyType(
 # Amazon SQS pricing page, standard queues past the free tier (the first million requests a
 # month are free), read in 2026. FIFO requests cost more ($0.50).
 SQS_USD_PER_MILLION_REQUESTS: Final = 0.40
-SQS_REQUEST_CHUNK_BYTES: Final = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)

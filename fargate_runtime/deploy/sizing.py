@@ -13,7 +13,7 @@ import math
 import re
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 from .prices import PRICES, PRICES_SOURCE, Architecture, Price
 
@@ -47,7 +47,7 @@ def _steps(first_gb: int, last_gb: int, step_gb: int) -> tuple[int, ...]:
     return tuple(gb * MIB_PER_GB for gb in range(first_gb, last_gb + 1, step_gb))
 
 
-ARCHITECTURES: tuple[Architecture, ...] = ("X86_64", "ARM64")
+ARCHITECTURES: tuple[Architecture, ...] = get_args(Architecture)
 
 
 # Source: AWS ECS developer guide, "Task CPU and memory" (Fargate).

@@ -83,37 +83,32 @@ class DeliveryCounters:
         """Counters in ``store`` when it keeps them (the Redis and memory stores do)."""
         if not isinstance(store, CountingStore):
             return None
-        return cls(
-            store,
-            key=key,
-            ttl_seconds=QueueFacts.DEFAULT_RETENTION_SECONDS,
-            on_store_error=on_store_error,
-            available=available,
-        )
+        return cls(store, key=key, on_store_error=on_store_error, available=available)
 
     def __init__(
         self,
         store: CountingStore,
         *,
         key: Callable[[str], str],
-        ttl_seconds: float,
         on_store_error: Callable[[BaseException], None],
         available: Callable[[], bool] = lambda: True,
     ) -> None:
         self._store = store
         self._key = key
-        self.ttl_seconds = ttl_seconds
         self._on_store_error = on_store_error
         self._available = available
 
-    async def add(self, items: Sequence[InFlight], field: str, amount: int) -> list[dict[str, int]]:
-        """Add ``amount`` to ``field`` of each message (0: read); their counters after it.
-        Nothing while the store is known to be down: a hand-back must not wait for it."""
+    async def add(
+        self, items: Sequence[InFlight], field: str, amount: int, *, ttl_seconds: float
+    ) -> list[dict[str, int]]:
+        """Add ``amount`` to ``field`` of each message (0: read); their counters after it, kept
+        ``ttl_seconds`` (the queue's retention: as long as the message can come back). Nothing
+        while the store is known to be down: a hand-back must not wait for it."""
         if not items or not self._available():
             return [{} for _ in items]
         changes = [CountChange(self._key(item.message_id), field, amount) for item in items]
         try:
-            return await self._store.count_many(changes, ttl_seconds=self.ttl_seconds)
+            return await self._store.count_many(changes, ttl_seconds=ttl_seconds)
         except StoreUnavailableError as exc:
             self._on_store_error(exc)
             logger.warning(
@@ -283,4 +278,6 @@ class Handback:
     ) -> list[dict[str, int]]:
         if self.counters is None or self.queue.max_receive_count is None:
             return [{} for _ in items]
-        return await self.counters.add(items, field, amount)
+        return await self.counters.add(
+            items, field, amount, ttl_seconds=self.queue.retention_seconds
+        )

@@ -22,7 +22,7 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 from botocore.exceptions import ParamValidationError
 
@@ -56,8 +56,6 @@ _SETTING = f"{SQS_ENV_PREFIX}QUEUE_URL"
 @dataclass(frozen=True, slots=True)
 class QueueFacts:
     """The queue as SQS describes it."""
-
-    DEFAULT_RETENTION_SECONDS: ClassVar[int] = _DEFAULT_RETENTION_SECONDS
 
     url: str
     fifo: bool

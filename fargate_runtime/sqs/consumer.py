@@ -215,9 +215,6 @@ class Consumer:
             facts = await read_queue(self._client, self.settings)
             log_queue(facts, self.settings)
             self._holdings.handback.queue = facts
-            counters = self._holdings.handback.counters
-            if counters is not None:
-                counters.ttl_seconds = facts.retention_seconds
             self._queue = facts
         return self._queue
 
