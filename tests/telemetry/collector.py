@@ -27,7 +27,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Iterable
     from types import TracebackType
 
     from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -79,7 +79,7 @@ class RecordingCollector:
     def __init__(self) -> None:
         self.spans: list[CollectedSpan] = []
         self.exports: list[list[CollectedPoint]] = []  # one list per metrics export
-        self._changed = threading.Condition()
+        self._lock = threading.Lock()
         collector = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -138,9 +138,8 @@ class RecordingCollector:
                     )
                     for span in scope.spans
                 )
-        with self._changed:
+        with self._lock:
             self.spans.extend(spans)
-            self._changed.notify_all()
 
     def _metrics(self, body: bytes) -> None:
         request = ExportMetricsServiceRequest.FromString(body)
@@ -149,24 +148,17 @@ class RecordingCollector:
             for scope in resource_metrics.scope_metrics:
                 for metric in scope.metrics:
                     points.extend(_points(metric))
-        with self._changed:
+        with self._lock:
             self.exports.append(points)
-            self._changed.notify_all()
 
     def last_points(self, metric: str) -> list[CollectedPoint]:
         """The metric's points in the last export that carried it (cumulative: final values)."""
-        with self._changed:
+        with self._lock:
             for export in reversed(self.exports):
                 found = [point for point in export if point.metric == metric]
                 if found:
                     return found
         return []
-
-    def wait_until(self, condition: Callable[[], bool], *, timeout: float = 30.0) -> None:
-        """Block until ``condition()`` holds (checked on every export received)."""
-        with self._changed:
-            if not self._changed.wait_for(condition, timeout=timeout):
-                raise AssertionError(f"collector: condition not met within {timeout} s")
 
     def __enter__(self) -> RecordingCollector:
         self._thread.start()
@@ -240,7 +232,6 @@ class HangingCollector:
         self._held: list[socket.socket] = []
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._accept, daemon=True)
-        self.connections = 0
         self.accepted = threading.Event()  # set once an exporter has connected
 
     @property
@@ -254,7 +245,6 @@ class HangingCollector:
                 connection, _ = self._socket.accept()
             except OSError:
                 return  # closed
-            self.connections += 1
             self._held.append(connection)  # kept open, never answered
             self.accepted.set()
 
