@@ -99,8 +99,7 @@ class Claimer:
                 lease_seconds=self._lease,
             )
         except (StoreUnavailableError, ConfigurationError) as exc:
-            # A refused eviction policy (Redis back with another one) is found again by the
-            # outage's probe, which ends the consumer with it (exit 78).
+            # A store that cannot be used now: an outage (intake paused, the probe resumes it).
             verdicts.update(self._store_failed([item for item, _ in keyed], exc))
             return verdicts
         except Exception:

@@ -85,7 +85,6 @@ class StoreOutage:
         self._lifecycle: Lifecycle | None = None
         self._prober: asyncio.Task[None] | None = None
         self._since = 0.0
-        self._fatal: ConfigurationError | None = None
         self.outages = 0
 
     @property
@@ -131,11 +130,8 @@ class StoreOutage:
             prober.cancel()
 
     async def wait_available(self) -> None:
-        """Return once the store answers (at once when it does); raise what a probe found fatal
-        (a Redis back with an eviction policy the store refuses: ConfigurationError)."""
+        """Return once the store answers (at once when it does)."""
         await self._available.wait()
-        if self._fatal is not None:
-            raise self._fatal
 
     async def _probe_until_answered(self) -> None:
         delay = _PROBE_FIRST_SECONDS
@@ -144,13 +140,12 @@ class StoreOutage:
             await asyncio.sleep(random.uniform(delay / 2, delay))  # noqa: S311 - not a secret
             try:
                 await self._probe()
-            except StoreUnavailableError:
+            except (StoreUnavailableError, ConfigurationError):
+                # ConfigurationError: a store that answers but may not be used as it is (a
+                # custom store's refusal); fail closed like an outage, as the Redis store does
+                # for an eviction policy it could only read after the start.
                 delay = min(_PROBE_CAP_SECONDS, delay * 2)
                 continue
-            except ConfigurationError as exc:
-                self._fatal = exc
-                self._available.set()  # waiters wake up to raise it
-                return
             self.answered()
 
     async def aclose(self) -> None:
