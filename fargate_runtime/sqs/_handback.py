@@ -169,13 +169,14 @@ class Handback:
     # -- failures --------------------------------------------------------------------------
 
     async def failed(self, items: Sequence[InFlight], delays: Mapping[str, float | None]) -> None:
-        """Failed deliveries on a standard queue (claims already released): back off, or copy
+        """Failed deliveries on a standard queue: claims released first, then back off, or copy
         or dead-letter as the module docstring says. ``delays``: a Retry's, None: the backoff."""
         if not items:
             return
         for item in items:
             item.state = MessageState.RELEASED
             self._holdings.heartbeat.forget(item)
+        await self._holdings.release_claims(list(items))
         # Only a retried message has earlier deliveries worth reading counters for.
         retried = [i for i in items if i.message.receive_count > 1 or i.message.earlier_failures]
         read = dict(zip(retried, await self._counts(retried, RELEASES, 0), strict=True))

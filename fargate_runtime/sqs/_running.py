@@ -355,17 +355,13 @@ class Runner:
     async def fail(
         self, items: list[InFlight], delays: Mapping[str, float | None], *, counted: bool = False
     ) -> None:
-        """Hand failed messages back (claims released first): after their backoff, or as a
-        copy or to the DLQ (``Handback.failed``). ``counted``: already in ``stats.failed``."""
+        """Hand failed messages back: after their backoff, or as a copy or to the DLQ
+        (``Handback.failed``). ``counted``: already in ``stats.failed``."""
         items = [item for item in items if item.state is MessageState.RECEIVED]
         if not items:
             return
         if not counted:
             self._stats.failed += len(items)
-        for item in items:
-            item.state = MessageState.RELEASED
-            self._holdings.heartbeat.forget(item)
-        await self._holdings.release_claims(items)
         await self._handback.failed(items, delays)
 
 
