@@ -29,12 +29,12 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from ..idempotency import ClaimRequest, IdempotencyStore
-    from ._holdings import Holdings
+    from ._holdings import ConsumerStats, Holdings
     from ._inflight import InFlight
     from ._outage import StoreOutage
     from .claims import MessageKeys
 
-__all__ = ["Claimer", "Verdict", "claim_again"]
+__all__ = ["Claimer", "Verdict", "claim_again", "note_malformed"]
 
 logger = logging.getLogger("fargate_runtime.sqs.consumer")
 
@@ -154,16 +154,8 @@ class Claimer:
 
     def _malformed(self, item: InFlight, exc: Exception) -> None:
         """A message whose key cannot be read: a failure of the message (retried, then DLQ)."""
-        self._stats.malformed += 1
         item.fail(ErrorType.MALFORMED, description=str(exc))
-        logger.warning(
-            "malformed message; it will be retried, then dead-lettered",
-            extra={
-                **item.log_fields(),
-                "receive_count": item.message.receive_count,
-                "error": str(exc),
-            },
-        )
+        note_malformed(self._stats, item, exc)
 
     def _mismatch(self, item: InFlight) -> None:
         """The key was completed or claimed for another payload: never run this one."""
@@ -205,3 +197,12 @@ async def claim_again(
                 )
             item.held = Held(request.key, result.token)
     return answers
+
+
+def note_malformed(stats: ConsumerStats, item: InFlight, exc: BaseException) -> None:
+    """Count and log a message that cannot be read (its key here, its body in the handler)."""
+    stats.malformed += 1
+    logger.warning(
+        "malformed message; it will be retried, then dead-lettered",
+        extra={**item.log_fields(), "receive_count": item.message.receive_count, "error": str(exc)},
+    )

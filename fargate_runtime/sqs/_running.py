@@ -28,7 +28,7 @@ from ..logging import bind_log_context, span_log_fields
 from ..telemetry import ErrorType
 from ..telemetry._core import error_type_of, mark_error
 from ..telemetry._messages import within
-from ._claiming import Verdict
+from ._claiming import Verdict, note_malformed
 from ._completion import Recorded
 from ._groups import GroupRunner
 from ._inflight import InFlight, MessageState, Ran
@@ -304,14 +304,10 @@ class Runner:
         self._metrics.record_handler(time.perf_counter() - began, error_type=error_type)
 
     def _log_failure(self, item: InFlight, exc: BaseException) -> None:
-        extra = {**item.log_fields(), "receive_count": item.message.receive_count}
         if isinstance(exc, MalformedMessageError):
-            self._stats.malformed += 1
-            logger.warning(
-                "malformed message; it will be retried, then dead-lettered",
-                extra={**extra, "error": str(exc)},
-            )
+            note_malformed(self._stats, item, exc)
         else:
+            extra = {**item.log_fields(), "receive_count": item.message.receive_count}
             logger.error("handler failed", exc_info=exc, extra=extra)
         self._stop_on(exc)
 
