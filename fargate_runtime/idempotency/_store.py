@@ -19,6 +19,8 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from .serialization import DEFAULT_MAX_RESULT_BYTES, check_result_size
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from types import TracebackType
@@ -173,8 +175,18 @@ class StoreBase(abc.ABC):
     A store is an async context manager; ``aclose`` releases its connections (if it owns any).
     """
 
+    # The largest result one completion may store, in bytes (each store sets its own).
+    _max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook: most stores hold nothing
         """Release what the store holds (connections); nothing by default."""
+
+    def check_results(self, completions: Sequence[Completion]) -> None:
+        """ResultTooLargeError before anything is written (the claims stay held)."""
+        for completion in completions:
+            check_result_size(
+                completion.result, max_bytes=self._max_result_bytes, key=completion.key
+            )
 
     async def __aenter__(self) -> Self:
         return self

@@ -18,7 +18,7 @@ from . import _limits
 from ._loop import LoopBinding
 from ._store import ClaimResult, ClaimStatus, RecordState, StoreBase
 from .keys import fence_base
-from .serialization import DEFAULT_MAX_RESULT_BYTES, check_result_size
+from .serialization import DEFAULT_MAX_RESULT_BYTES
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -156,10 +156,7 @@ class MemoryStore(StoreBase):
     ) -> list[bool]:
         """Complete claims still ours (see ``IdempotencyStore.complete_many``)."""
         retention = _limits.retention(retention_seconds)
-        for completion in completions:
-            check_result_size(
-                completion.result, max_bytes=self._max_result_bytes, key=completion.key
-            )
+        self.check_results(completions)
         now = await self._enter()
         done = []
         for completion in completions:

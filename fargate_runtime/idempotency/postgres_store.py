@@ -44,7 +44,7 @@ from ._postgres_calls import (
 from ._store import ClaimResult, ClaimStatus, Held, StoreBase
 from .keys import fence_base
 from .postgres_schema import DEFAULT_SCHEMA, check_schema, describe_url
-from .serialization import DEFAULT_MAX_RESULT_BYTES, check_result_size
+from .serialization import DEFAULT_MAX_RESULT_BYTES
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -375,13 +375,6 @@ class PostgresStore(StoreBase):
             # asyncpg hands jsonb back as its text
             answers[index - 1] = {k: int(v) for k, v in json.loads(counters).items()}
         return answers
-
-    def check_results(self, completions: Sequence[Completion]) -> None:
-        """ResultTooLargeError before anything is written (the claim stays held)."""
-        for completion in completions:
-            check_result_size(
-                completion.result, max_bytes=self._max_result_bytes, key=completion.key
-            )
 
     # -- transactions -----------------------------------------------------------------------
 

@@ -45,7 +45,7 @@ from ._loop import LoopBinding
 from ._scripts import CLAIM, COMPLETE, COUNT, RELEASE, RENEW, Script, claim_results, counts, flags
 from ._slots import fence_key, group_by_slot
 from ._store import ClaimResult, ClaimStatus, Held, StoreBase
-from .serialization import DEFAULT_MAX_RESULT_BYTES, check_result_size
+from .serialization import DEFAULT_MAX_RESULT_BYTES
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -330,10 +330,7 @@ class RedisStore(StoreBase):
     ) -> list[bool]:
         """Complete claims still ours (see ``IdempotencyStore.complete_many``)."""
         retention = _ms(_limits.retention(retention_seconds))
-        for completion in completions:
-            check_result_size(
-                completion.result, max_bytes=self._max_result_bytes, key=completion.key
-            )
+        self.check_results(completions)
 
         async def run(group: list[int]) -> list[bool]:
             reply = await self._eval(
