@@ -11,12 +11,14 @@ use it create a schema of their own and drop it afterwards.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aioboto3
+import botocore.session
 import pytest
 import redis.asyncio
 
@@ -33,9 +35,8 @@ from tests.logcapture import JsonLines
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING
+    from pathlib import Path
 
-if TYPE_CHECKING:
     from types_aiobotocore_sqs import SQSClient
 
 
@@ -129,3 +130,68 @@ async def sqs(sqs_endpoint: str) -> AsyncIterator[SQSClient]:
     session = aioboto3.Session()
     async with session.client("sqs", endpoint_url=sqs_endpoint, region_name="us-east-1") as client:
         yield client
+
+
+# A worker process's visibility timeout in these tests: long enough that a message visible again
+# can only have been released, never expired.
+WORKER_VISIBILITY_SECONDS = 120
+
+
+# Fixtures of the tests that run workers as real processes (a blocking client is enough there:
+# those tests block on the child's output anyway).
+@pytest.fixture
+def sync_sqs(sqs_endpoint: str) -> Any:
+    """A plain (blocking) botocore client: these tests block on the child's output anyway."""
+    session = botocore.session.get_session()
+    return session.create_client("sqs", endpoint_url=sqs_endpoint, region_name="us-east-1")
+
+
+@pytest.fixture
+def queue_factory(sync_sqs: Any) -> Iterator[Any]:
+    """``queue_factory(fifo=False, dlq_after=None)`` -> URL of a fresh queue, deleted after the
+    test; ``dlq_after=N`` adds a dead-letter queue (``dlq_url``) after N receives."""
+    created: list[str] = []
+
+    def make(*, fifo: bool = False, dlq_after: int | None = None) -> str:
+        name = f"w{uuid.uuid4().hex[:16]}"
+        suffix = ".fifo" if fifo else ""
+        attributes = {"FifoQueue": "true"} if fifo else {}
+        if dlq_after is not None:
+            dlq = sync_sqs.create_queue(QueueName=f"{name}-dlq{suffix}", Attributes=attributes)
+            created.append(dlq["QueueUrl"])
+            arn = sync_sqs.get_queue_attributes(
+                QueueUrl=dlq["QueueUrl"], AttributeNames=["QueueArn"]
+            )["Attributes"]["QueueArn"]
+            attributes = {
+                **attributes,
+                "RedrivePolicy": json.dumps(
+                    {"deadLetterTargetArn": arn, "maxReceiveCount": str(dlq_after)}
+                ),
+            }
+        url: str = sync_sqs.create_queue(QueueName=name + suffix, Attributes=attributes)["QueueUrl"]
+        created.append(url)
+        return url
+
+    yield make
+    for url in created:
+        sync_sqs.delete_queue(QueueUrl=url)
+
+
+@pytest.fixture
+def worker_env(
+    sqs_endpoint: str,
+    redis_url: str,
+    redis_prefix: str,
+    redis_client: redis.asyncio.Redis,
+    tmp_path: Path,
+) -> dict[str, str]:
+    """Environment of a worker: local SQS, the test Redis under this test's prefix, a ledger."""
+    del redis_client  # requested for its cleanup of ``redis_prefix`` keys
+    return {
+        **sqs_environment(sqs_endpoint),
+        "REDIS_URL": redis_url,
+        "FARGATE_RUNTIME_IDEMPOTENCY_KEY_PREFIX": redis_prefix,
+        "PAYMENTS_LEDGER_PATH": str(tmp_path / "ledger.sqlite3"),
+        "FARGATE_RUNTIME_SQS_VISIBILITY_TIMEOUT_SECONDS": str(WORKER_VISIBILITY_SECONDS),
+        "FARGATE_RUNTIME_LOG_LEVEL": "INFO",
+    }

@@ -10,12 +10,10 @@ from __future__ import annotations
 import json
 import signal
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import botocore.session
 import pytest
 
-from fargate_runtime.local import sqs_environment
 from fargate_runtime.telemetry import HANDLER_BUCKETS_SECONDS, STORE_BUCKETS_SECONDS
 from tests.processes import Child, runtime_argv
 from tests.telemetry.collector import (
@@ -24,12 +22,6 @@ from tests.telemetry.collector import (
     RecordingCollector,
     RefusingCollector,
 )
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator
-    from pathlib import Path
-
-    import redis.asyncio
 
 pytestmark = [pytest.mark.process, pytest.mark.integration]
 
@@ -40,37 +32,18 @@ CLOSE_SECONDS = 3.0
 
 
 @pytest.fixture
-def sync_sqs(sqs_endpoint: str) -> Any:
-    """A plain (blocking) botocore client: the test blocks on the child's output anyway."""
-    return botocore.session.get_session().create_client(
-        "sqs", endpoint_url=sqs_endpoint, region_name="us-east-1"
-    )
-
-
-@pytest.fixture
-def queue_url(sync_sqs: Any) -> Iterator[str]:
+def queue_url(queue_factory: Any) -> str:
     """A fresh queue, deleted after the test."""
-    url: str = sync_sqs.create_queue(QueueName=f"otelw{uuid.uuid4().hex[:16]}")["QueueUrl"]
-    yield url
-    sync_sqs.delete_queue(QueueUrl=url)
+    url: str = queue_factory()
+    return url
 
 
 @pytest.fixture
-def worker_env(
-    sqs_endpoint: str,
-    queue_url: str,
-    redis_url: str,
-    redis_prefix: str,
-    redis_client: redis.asyncio.Redis,
-    tmp_path: Path,
-) -> dict[str, str]:
-    """A worker with telemetry on: local SQS and Redis (this test's prefix), a 10 s stop timeout."""
-    del redis_client  # requested for its cleanup of ``redis_prefix`` keys
-    return {
-        **sqs_environment(sqs_endpoint),
-        "REDIS_URL": redis_url,
-        "FARGATE_RUNTIME_IDEMPOTENCY_KEY_PREFIX": redis_prefix,
-        "PAYMENTS_LEDGER_PATH": str(tmp_path / "ledger.sqlite3"),
+def telemetry_env(worker_env: dict[str, str], queue_url: str) -> dict[str, str]:
+    """A worker with telemetry on (the shared worker environment, the queue's own visibility
+    timeout), a 10 s stop timeout."""
+    env = {
+        **worker_env,
         "FARGATE_RUNTIME_SQS_QUEUE_URL": queue_url,
         # Failed messages stay away for the rest of the test.
         "FARGATE_RUNTIME_SQS_BACKOFF_BASE_SECONDS": "120",
@@ -80,6 +53,8 @@ def worker_env(
         "FARGATE_RUNTIME_SERVICE_NAME": "payments-worker",
         "FARGATE_RUNTIME_TELEMETRY_ENABLED": "true",
     }
+    del env["FARGATE_RUNTIME_SQS_VISIBILITY_TIMEOUT_SECONDS"]
+    return env
 
 
 def payment(event_id: str, amount_cents: int = 500) -> str:
@@ -108,13 +83,13 @@ def count_of(child: Child, message: str) -> int:
 
 
 def test_the_operator_gets_every_span_line_and_metric(
-    sync_sqs: Any, queue_url: str, worker_env: dict[str, str]
+    sync_sqs: Any, queue_url: str, telemetry_env: dict[str, str]
 ) -> None:
     """Sampled at 0: every message's span (producer's child, outcome, error.type), the shutdown
     span, span ids on every line about a message, and metrics equal to the consumer's stats."""
     with RecordingCollector() as collector:
         env = {
-            **worker_env,
+            **telemetry_env,
             "FARGATE_RUNTIME_TELEMETRY_OTLP_ENDPOINT": collector.endpoint,
             # New traces are dropped; producers' sampled traces are continued, and the
             # shutdown span is kept whatever the ratio.
@@ -215,13 +190,13 @@ def _assert_metrics(collector: RecordingCollector, stats: dict[str, Any], queue:
 def test_a_dead_or_hung_collector_never_costs_the_shutdown(
     sync_sqs: Any,
     queue_url: str,
-    worker_env: dict[str, str],
+    telemetry_env: dict[str, str],
     collector_kind: type[RefusingCollector | HangingCollector],
 ) -> None:
     """SIGTERM with the collector down or hung: exit 0 before the deadline, one warning."""
     with collector_kind() as collector:
         endpoint = collector.endpoint
-        env = {**worker_env, "FARGATE_RUNTIME_TELEMETRY_OTLP_ENDPOINT": endpoint}
+        env = {**telemetry_env, "FARGATE_RUNTIME_TELEMETRY_OTLP_ENDPOINT": endpoint}
         with Child(runtime_argv(APP), env=env) as worker:
             worker.wait_for_message("sqs consumer started")
             send_traced(sync_sqs, queue_url, payment("evt-1"))
