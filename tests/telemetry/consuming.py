@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING
 from opentelemetry import trace
 
 from fargate_runtime.idempotency import ClaimRequest, Completion, Idempotency, fingerprint
-from fargate_runtime.sqs import Consumer, Message, MessageContext, json_field
+from fargate_runtime.sqs import Consumer, Message, MessageContext
 from fargate_runtime.telemetry import inject_sqs_attributes
-from tests.sqs.support import settings
+from tests.sqs import support
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -46,13 +46,7 @@ def keyed(
         "in_progress_delay_seconds": 60,
         **overrides,
     }
-    return Consumer(
-        handler,
-        client=sqs,
-        settings=settings(queue_url, **values),
-        idempotency=idempotency,
-        key=json_field("event_id"),
-    )
+    return support.keyed(handler, sqs, queue_url, idempotency, **values)
 
 
 def process_spans(recorded: Recorded, queue_url: str) -> dict[str, ReadableSpan]:
